@@ -1,0 +1,281 @@
+# SPDX-License-Identifier: 0BSD
+"""A TCP server built on one select.select() loop, written to be read and copied.
+
+    python select_server.py ack        # answer every chunk a client sends with b"ACK"
+    python select_server.py broadcast  # relay every chunk to every *other* client
+
+Try it with `nc localhost 8000` in two terminals. Standard library only, CPython 3.8+.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import signal
+import socket
+import sys
+from types import FrameType
+
+# ---------------------------------------------------------------- settings
+
+# The most bytes one recv() returns. The seed article read 1024; a bigger read means
+# fewer ACKs for a big send (one per recv) and fewer, larger relays in broadcast.
+RECV_SIZE = 65536
+
+# How many bytes of each chunk the log shows.
+LOG_PREVIEW = 32
+
+
+# ---------------------------------------------------------------- arguments
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Read the command line; a bad one gets a usage message and exit status 2."""
+    parser = argparse.ArgumentParser(
+        description="A select.select() TCP server: ack or broadcast what clients send."
+    )
+    parser.add_argument(
+        "mode",
+        choices=["ack", "broadcast"],
+        help='ack: answer every chunk with b"ACK"; broadcast: relay it to every other client',
+    )
+    parser.add_argument("--host", default="localhost", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    parser.add_argument("--quiet", action="store_true", help="don't log every chunk received")
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        parser.error("--port must be between 0 and 65535")
+    return args
+
+
+# ---------------------------------------------------------------- logging
+
+
+def log(message: str) -> None:
+    """Print one line at once: a buffered log is lost if we die, and a pipe sees nothing."""
+    try:
+        print(message, flush=True)
+    except BrokenPipeError:  # whoever read the log has gone (`| head`): serve on, silently
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def host_port(address: tuple[str, int] | tuple[str, int, int, int]) -> str:
+    """Write a socket address as host:port, with IPv6 hosts in brackets."""
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def describe(data: bytes) -> str:
+    """Say how many bytes arrived and show the first few; repr() is safe for any bytes."""
+    if len(data) <= LOG_PREVIEW:
+        return f"{len(data)} bytes: {data!r}"
+    rest = len(data) - LOG_PREVIEW
+    return f"{len(data)} bytes: {data[:LOG_PREVIEW]!r} and {rest} more"
+
+
+# ---------------------------------------------------------------- per-client state
+
+
+class Client:
+    """One connected client: its socket, its name in the log, and what we owe it."""
+
+    def __init__(self, sock: socket.socket, name: str) -> None:
+        self.sock = sock
+        self.name = name  # "127.0.0.1:54321", for the log
+        self.outbox = bytearray()  # bytes owed to this client, oldest first
+        self.hung_up = False  # it sent EOF: close it once the outbox is empty
+
+
+# ---------------------------------------------------------------- the loop
+
+
+class Server:
+    """The listening socket, the clients, and the lists that select() watches."""
+
+    def __init__(self, listener: socket.socket, wakeup: socket.socket, args: argparse.Namespace):
+        self.listener = listener
+        self.wakeup = wakeup  # a signal writes a byte here, see install_signal_wakeup()
+        self.mode: str = args.mode
+        self.quiet: bool = args.quiet
+        self.clients: dict[socket.socket, Client] = {}
+        # Kept up to date as things happen, never rebuilt: a client joins or leaves,
+        # starts or stops owing bytes. Only sockets that owe bytes are in outputs,
+        # because a healthy socket is always writable and select() would never sleep.
+        self.inputs: list[socket.socket] = [listener, wakeup]
+        self.outputs: list[socket.socket] = []
+        self.owing_now: list[socket.socket] = []  # sockets that started owing this round
+
+    def serve(self) -> str:
+        """Run the select() loop until a signal arrives; return the signal's name.
+
+        Each round: 1. accept a new client, 2. read what clients sent and queue what
+        they are owed, 3. write what is owed to sockets that can take it.
+        """
+        while True:
+            # No exceptional list: SO_OOBINLINE (see accept) makes urgent data ordinary.
+            readable, writable, _ = select.select(self.inputs, self.outputs, [])
+            if self.wakeup in readable:
+                return signal.Signals(self.wakeup.recv(1)[0]).name
+
+            # 1. accept a new client
+            if self.listener in readable:
+                self.accept()
+
+            # 2. read what clients sent
+            for sock in readable:
+                client = self.clients.get(sock)
+                if client is not None:
+                    self.read_from(client)
+
+            # 3. write what clients are owed: to sockets select() found writable, and at
+            #    once to those that started owing this round, rather than a round later.
+            for sock in writable + self.owing_now:
+                client = self.clients.get(sock)
+                if client is not None:  # None: dropped earlier in this round
+                    self.write_to(client)
+            self.owing_now.clear()
+
+    # ------------------------------------------------------------ handlers
+
+    def accept(self) -> None:
+        """Accept one client: a non-blocking socket, added to clients and inputs."""
+        try:
+            sock, address = self.listener.accept()
+        except (BlockingIOError, ConnectionAbortedError):
+            log("a client left before it was accepted")
+            return
+        sock.setblocking(False)  # a send or recv must never stop the whole loop
+        # Urgent (MSG_OOB) bytes arrive inline as ordinary data, so no socket ever
+        # sits in select()'s exceptional list waiting for a read that never comes.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+        client = Client(sock, host_port(address))
+        self.clients[sock] = client
+        self.inputs.append(sock)
+        log(f"{client.name} connected ({len(self.clients)} online)")
+
+    def read_from(self, client: Client) -> None:
+        """Read one chunk from client and queue what it earns: an ACK, or a relay."""
+        try:
+            data = client.sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            return  # nothing to read after all; select() will tell us again
+        except OSError as error:  # e.g. ConnectionResetError: the client sent a reset
+            self.drop(client, str(error))
+            return
+        if not data:
+            self.hang_up(client)
+            return
+        if not self.quiet:
+            log(f"{client.name} sent {describe(data)}")
+        if self.mode == "ack":
+            self.queue(client, b"ACK")
+        else:
+            for other in self.clients.values():
+                if other is not client and not other.hung_up:
+                    self.queue(other, data)
+
+    def hang_up(self, client: Client) -> None:
+        """The client sent EOF: stop reading it, and close it once it has all it is owed."""
+        client.hung_up = True
+        self.inputs.remove(client.sock)
+        if not client.outbox:
+            self.drop(client, "closed by client")
+
+    def queue(self, client: Client, data: bytes) -> None:
+        """Add data to what we owe client; its socket joins outputs if it owed nothing."""
+        if not client.outbox:
+            self.outputs.append(client.sock)
+            self.owing_now.append(client.sock)
+        client.outbox += data
+
+    def write_to(self, client: Client) -> None:
+        """Send as much of client's outbox as its socket takes now, and keep the rest."""
+        try:
+            sent = client.sock.send(client.outbox)
+        except BlockingIOError:
+            return  # no room after all; select() will say when there is
+        except OSError as error:  # e.g. BrokenPipeError: the client is gone
+            self.drop(client, str(error))
+            return
+        del client.outbox[:sent]
+        if not client.outbox:
+            self.outputs.remove(client.sock)
+            if client.hung_up:
+                self.drop(client, "closed by client")
+
+    def drop(self, client: Client, reason: str) -> None:
+        """Forget client everywhere and close its socket: the only place that closes one."""
+        del self.clients[client.sock]
+        if not client.hung_up:
+            self.inputs.remove(client.sock)
+        if client.outbox:
+            self.outputs.remove(client.sock)
+        client.sock.close()
+        log(f"{client.name} disconnected: {reason}")
+
+    def close_all(self) -> None:
+        """Close every client and the listening socket, without sending what is owed."""
+        for client in self.clients.values():
+            client.sock.close()
+        self.listener.close()
+
+
+# ---------------------------------------------------------------- main
+
+
+def open_listener(host: str, port: int) -> socket.socket:
+    """Bind a non-blocking listening socket to host and port (IPv4 or IPv6)."""
+    family, _, _, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    # Without SO_REUSEADDR a restart fails with "Address already in use" for as long
+    # as the last run's connections linger in TIME_WAIT (a minute or more).
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(address)
+    listener.listen(socket.SOMAXCONN)  # the kernel queues this many not yet accepted
+    listener.setblocking(False)  # a client that connects and resets can't block accept()
+    return listener
+
+
+def do_nothing(signum: int, frame: FrameType | None) -> None:
+    """A signal handler that returns: the byte Python writes for it does the work."""
+
+
+def install_signal_wakeup() -> tuple[socket.socket, socket.socket]:
+    """Make SIGINT and SIGTERM wake select() up; return (socket to read, socket written).
+
+    Since PEP 475 select() simply restarts after a signal whose handler returns, so a
+    handler that only sets a flag would never end the loop. Instead Python writes the
+    signal's number into a socket that select() watches: it wakes, reads, and stops.
+    """
+    wakeup, wakeup_writer = socket.socketpair()
+    wakeup_writer.setblocking(False)  # set_wakeup_fd() requires it
+    signal.set_wakeup_fd(wakeup_writer.fileno())
+    signal.signal(signal.SIGINT, do_nothing)
+    signal.signal(signal.SIGTERM, do_nothing)
+    return wakeup, wakeup_writer
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Listen, serve until SIGINT or SIGTERM, close everything; return the exit status."""
+    args = parse_args(argv)
+    try:
+        listener = open_listener(args.host, args.port)
+    except (OSError, UnicodeError) as error:  # in use, no permission, no such host
+        print(f"cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
+        return 1
+    wakeup, wakeup_writer = install_signal_wakeup()  # before anyone can see us listening
+    server = Server(listener, wakeup, args)
+    log(f"listening on {host_port(listener.getsockname())} ({args.mode} mode)")
+    signal_name = server.serve()
+    log(f"{signal_name}: closing {len(server.clients)} clients and exiting")
+    server.close_all()
+    wakeup.close()
+    wakeup_writer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

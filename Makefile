@@ -1,0 +1,29 @@
+# `make test` needs nothing but python3 (3.8 or newer) on PATH: it builds .venv itself.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SOURCES := select_server.py test_transcripts.py
+PORT ?= 8000
+
+.PHONY: test ack broadcast record clean
+
+test: $(VENV)/installed
+	$(BIN)/ruff check --target-version py38 --line-length 100 --select E,W,F,I,UP,B,FA,SIM $(SOURCES)
+	$(BIN)/ruff format --check --line-length 100 $(SOURCES)
+	$(BIN)/mypy --strict $(SOURCES)
+	$(BIN)/pytest -q -p no:cacheprovider test_transcripts.py
+
+ack broadcast:
+	$(PYTHON) select_server.py $@ --port $(PORT)
+
+# Rewrites transcripts from what the server sends now: review with `git diff`.
+record: $(VENV)/installed
+	$(BIN)/python test_transcripts.py record $(T)
+
+$(VENV)/installed: requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis __pycache__

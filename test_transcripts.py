@@ -20,6 +20,7 @@ import io
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -280,9 +281,11 @@ class Client:
 class Session:
     """A server and the named clients of one transcript, with the steps they can take."""
 
-    def __init__(self, transcript: Transcript, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, transcript: Transcript, host: str = "127.0.0.1", python: str = sys.executable
+    ) -> None:
         self.transcript = transcript
-        self.server = ServerProcess(transcript.mode, host=host)
+        self.server = ServerProcess(transcript.mode, host=host, python=python)
         self.clients: dict[str, Client] = {}
 
     def fail(self, step: Step | None, expected: str, arrived: str) -> TranscriptError:
@@ -384,9 +387,9 @@ class Session:
         self.server.kill()
 
 
-def replay(transcript: Transcript, host: str = "127.0.0.1") -> None:
+def replay(transcript: Transcript, host: str = "127.0.0.1", python: str = sys.executable) -> None:
     """Play a transcript against a fresh server; raise TranscriptError where it differs."""
-    session = Session(transcript, host)
+    session = Session(transcript, host, python)
     try:
         for step in transcript.steps:
             if step.is_action:
@@ -683,6 +686,32 @@ def test_ipv6_address_is_announced_in_brackets_and_served() -> None:
         server.kill()
     path = TRANSCRIPTS / "broadcast_three_clients.txt"
     replay(parse(path.read_text(), path.name), host="::1")
+
+
+def find_python_3_8() -> str | None:
+    """A CPython 3.8 that really runs (a pyenv shim on PATH may not), or None."""
+    candidates = [
+        shutil.which("python3.8"),
+        *map(str, Path.home().glob(".pyenv/versions/3.8*/bin/python")),
+    ]
+    for candidate in filter(None, candidates):
+        check = [candidate, "-c", "import sys; print(sys.version_info[:2] == (3, 8))"]
+        result = subprocess.run(check, capture_output=True, text=True, timeout=WAIT)
+        if result.stdout.strip() == "True":
+            return candidate
+    return None
+
+
+PYTHON_3_8 = find_python_3_8()
+
+
+@pytest.mark.skipif(PYTHON_3_8 is None, reason="no CPython 3.8 on this machine")
+@pytest.mark.parametrize("name", ["ack_half_close", "broadcast_three_clients"])
+def test_transcript_on_python_3_8(name: str) -> None:
+    """The server keeps its promise to run on CPython 3.8, the oldest it supports."""
+    assert PYTHON_3_8 is not None
+    path = TRANSCRIPTS / f"{name}.txt"
+    replay(parse(path.read_text(), path.name), python=PYTHON_3_8)
 
 
 def test_clients_that_leave_at_once_are_dropped_alone() -> None:

@@ -10,11 +10,13 @@ Try it with `nc localhost 8000` in two terminals. Standard library only, CPython
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import select
 import signal
 import socket
 import sys
+import time
 from types import FrameType
 
 # ---------------------------------------------------------------- settings
@@ -26,6 +28,13 @@ RECV_SIZE = 65536
 # How many bytes of each chunk the log shows.
 LOG_PREVIEW = 32
 
+# select() cannot watch a descriptor numbered FD_SETSIZE (1024 on Linux and macOS) or
+# higher, and stdin, stdout, stderr, the listening socket and the wake-up pair take six.
+MOST_CLIENTS = 1000
+
+# accept() errors that mean "out of file descriptors or memory": wait for a client to leave.
+OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
 
 # ---------------------------------------------------------------- arguments
 
@@ -33,7 +42,8 @@ LOG_PREVIEW = 32
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Read the command line; a bad one gets a usage message and exit status 2."""
     parser = argparse.ArgumentParser(
-        description="A select.select() TCP server: ack or broadcast what clients send."
+        description="A select.select() TCP server: ack or broadcast what clients send.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "mode",
@@ -43,9 +53,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default="localhost", help="address to listen on")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     parser.add_argument("--quiet", action="store_true", help="don't log every chunk received")
+    parser.add_argument(
+        "--max-clients",
+        type=int,
+        default=MOST_CLIENTS,
+        metavar="N",
+        help=f"clients served at once, at most {MOST_CLIENTS}; more wait until one leaves",
+    )
+    parser.add_argument(
+        "--max-buffer",
+        type=int,
+        default=1024 * 1024,
+        metavar="BYTES",
+        help="bytes one client may be owed; while it is owed more, what feeds it is not read",
+    )
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="seconds a client may stay over --max-buffer before it is dropped",
+    )
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error("--port must be between 0 and 65535")
+    if not 1 <= args.max_clients <= MOST_CLIENTS:
+        parser.error(f"--max-clients must be between 1 and {MOST_CLIENTS}")
+    if args.max_buffer < 1:
+        parser.error("--max-buffer must be at least 1")
+    if not 0 <= args.grace <= 3600:
+        parser.error("--grace must be between 0 and 3600 seconds")
     return args
 
 
@@ -67,11 +104,10 @@ def host_port(address: tuple[str, int] | tuple[str, int, int, int]) -> str:
 
 
 def describe(data: bytes) -> str:
-    """Say how many bytes arrived and show the first few; repr() is safe for any bytes."""
+    """Show a chunk as a bytes literal (repr() is safe for any bytes), cut short if long."""
     if len(data) <= LOG_PREVIEW:
-        return f"{len(data)} bytes: {data!r}"
-    rest = len(data) - LOG_PREVIEW
-    return f"{len(data)} bytes: {data[:LOG_PREVIEW]!r} and {rest} more"
+        return repr(data)
+    return f"{data[:LOG_PREVIEW]!r}... ({len(data)} bytes)"
 
 
 # ---------------------------------------------------------------- per-client state
@@ -98,7 +134,11 @@ class Server:
         self.wakeup = wakeup  # a signal writes a byte here, see install_signal_wakeup()
         self.mode: str = args.mode
         self.quiet: bool = args.quiet
+        self.max_clients: int = args.max_clients
+        self.max_buffer: int = args.max_buffer
+        self.grace: float = args.grace
         self.clients: dict[socket.socket, Client] = {}
+        self.over_limit: dict[Client, float] = {}  # client -> when it went over max_buffer
         # Kept up to date as things happen, never rebuilt: a client joins or leaves,
         # starts or stops owing bytes. Only sockets that owe bytes are in outputs,
         # because a healthy socket is always writable and select() would never sleep.
@@ -110,11 +150,14 @@ class Server:
         """Run the select() loop until a signal arrives; return the signal's name.
 
         Each round: 1. accept a new client, 2. read what clients sent and queue what
-        they are owed, 3. write what is owed to sockets that can take it.
+        they are owed, 3. write what is owed to sockets that can take it, 4. drop the
+        clients that have stayed over their limit for too long.
         """
         while True:
             # No exceptional list: SO_OOBINLINE (see accept) makes urgent data ordinary.
-            readable, writable, _ = select.select(self.inputs, self.outputs, [])
+            readable, writable, _ = select.select(
+                self.sockets_to_read(), self.outputs, [], self.seconds_to_next_deadline()
+            )
             if self.wakeup in readable:
                 return signal.Signals(self.wakeup.recv(1)[0]).name
 
@@ -122,10 +165,11 @@ class Server:
             if self.listener in readable:
                 self.accept()
 
-            # 2. read what clients sent
+            # 2. read what clients sent (asking again each time: a read earlier in this
+            #    round may have put a client over its limit)
             for sock in readable:
                 client = self.clients.get(sock)
-                if client is not None:
+                if client is not None and self.may_read(client):
                     self.read_from(client)
 
             # 3. write what clients are owed: to sockets select() found writable, and at
@@ -136,6 +180,42 @@ class Server:
                     self.write_to(client)
             self.owing_now.clear()
 
+            # 4. drop the clients that have stayed over their limit for too long
+            self.drop_stalled()
+
+    def sockets_to_read(self) -> list[socket.socket]:
+        """inputs, less the clients that may not be read now (see may_read)."""
+        if not self.over_limit:
+            return self.inputs  # the usual case
+        return [s for s in self.inputs if s not in self.clients or self.may_read(self.clients[s])]
+
+    def may_read(self, client: Client) -> bool:
+        """False while a client that this one's bytes would be queued for owes too much.
+
+        Not reading a sender lets TCP flow control slow it down, instead of our memory
+        growing: what it sends waits in the kernel's buffers, and then in the sender.
+        """
+        if not self.over_limit:
+            return True
+        if self.mode == "ack":
+            return client not in self.over_limit  # its ACKs are queued for itself alone
+        return not self.over_limit.keys() - {client}  # its chunks, for everyone else
+
+    def seconds_to_next_deadline(self) -> float | None:
+        """How long select() may sleep: until the first over-limit client's grace ends."""
+        if not self.over_limit:
+            return None  # no deadline: sleep until something happens
+        first = min(self.over_limit.values())
+        return max(0.0, first + self.grace - time.monotonic())
+
+    def drop_stalled(self) -> None:
+        """Drop the clients that have been owed more than max_buffer for over the grace."""
+        now = time.monotonic()
+        for client, since in list(self.over_limit.items()):
+            if now - since >= self.grace:
+                why = f"owed over {self.max_buffer} bytes for {self.grace} s, not reading"
+                self.drop(client, why)
+
     # ------------------------------------------------------------ handlers
 
     def accept(self) -> None:
@@ -145,6 +225,12 @@ class Server:
         except (BlockingIOError, ConnectionAbortedError):
             log("a client left before it was accepted")
             return
+        except OSError as error:
+            if error.errno in OUT_OF_RESOURCES:
+                self.stop_accepting(str(error))
+            else:
+                log(f"accept() failed: {error}")
+            return
         sock.setblocking(False)  # a send or recv must never stop the whole loop
         # Urgent (MSG_OOB) bytes arrive inline as ordinary data, so no socket ever
         # sits in select()'s exceptional list waiting for a read that never comes.
@@ -153,6 +239,18 @@ class Server:
         self.clients[sock] = client
         self.inputs.append(sock)
         log(f"{client.name} connected ({len(self.clients)} online)")
+        if len(self.clients) >= self.max_clients:
+            self.stop_accepting(f"{self.max_clients} clients, the most allowed")
+
+    def stop_accepting(self, why: str) -> None:
+        """Stop watching the listening socket: new clients wait in the kernel's queue.
+
+        A listening socket with a client waiting stays readable, so a loop that kept
+        watching it while accept() could not succeed would spin. If no client is left
+        to leave (only a machine out of files or memory gets here so), it waits for ever.
+        """
+        self.inputs.remove(self.listener)
+        log(f"not accepting new clients until one leaves: {why}")
 
     def read_from(self, client: Client) -> None:
         """Read one chunk from client and queue what it earns: an ACK, or a relay."""
@@ -188,6 +286,8 @@ class Server:
             self.outputs.append(client.sock)
             self.owing_now.append(client.sock)
         client.outbox += data
+        if len(client.outbox) > self.max_buffer and client not in self.over_limit:
+            self.over_limit[client] = time.monotonic()
 
     def write_to(self, client: Client) -> None:
         """Send as much of client's outbox as its socket takes now, and keep the rest."""
@@ -199,6 +299,8 @@ class Server:
             self.drop(client, str(error))
             return
         del client.outbox[:sent]
+        if len(client.outbox) <= self.max_buffer:
+            self.over_limit.pop(client, None)  # its feeders may be read again
         if not client.outbox:
             self.outputs.remove(client.sock)
             if client.hung_up:
@@ -211,8 +313,12 @@ class Server:
             self.inputs.remove(client.sock)
         if client.outbox:
             self.outputs.remove(client.sock)
+        self.over_limit.pop(client, None)
         client.sock.close()
         log(f"{client.name} disconnected: {reason}")
+        if self.listener not in self.inputs:  # there is room again
+            self.inputs.append(self.listener)
+            log("accepting new clients again")
 
     def close_all(self) -> None:
         """Close every client and the listening socket, without sending what is owed."""

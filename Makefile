@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 SOURCES := select_server.py test_transcripts.py
 PORT ?= 8000
+FUZZ_SECONDS ?= 600
 
-.PHONY: test ack broadcast record clean
+.PHONY: test ack broadcast record fuzz clean
 
 test: $(VENV)/installed
 	$(BIN)/ruff check --target-version py38 --line-length 100 --select E,W,F,I,UP,B,FA,SIM $(SOURCES)
@@ -19,6 +20,16 @@ ack broadcast:
 # Rewrites transcripts from what the server sends now: review with `git diff`.
 record: $(VENV)/installed
 	$(BIN)/python test_transcripts.py record $(T)
+
+# Generated sessions for FUZZ_SECONDS (10 minutes), in rounds of 200 with new random
+# seeds. A failure stops it and prints the shrunk session as a transcript to save.
+fuzz: $(VENV)/installed
+	@end=$$(( $$(date +%s) + $(FUZZ_SECONDS) )); round=0; \
+	while [ $$(date +%s) -lt $$end ]; do \
+	  round=$$((round + 1)); echo "fuzz round $$round: 200 generated sessions"; \
+	  HYPOTHESIS_PROFILE=fuzz FUZZ_EXAMPLES=200 $(BIN)/pytest -q -p no:cacheprovider \
+	    test_transcripts.py -k generated_sessions || exit 1; \
+	done
 
 $(VENV)/installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)

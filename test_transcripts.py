@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import errno
 import hashlib
 import io
 import os
@@ -38,6 +39,8 @@ from typing import Callable
 
 import pexpect
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pexpect.popen_spawn import PopenSpawn
 from pexpect.socket_pexpect import SocketSpawn
 
@@ -515,6 +518,161 @@ def test_transcript(path: Path) -> None:
         replay(parse(path.read_text(), path.name))
     except TranscriptError as error:
         pytest.fail(str(error), pytrace=False)
+
+
+# ---------------------------------------------------------------- the protocol as a model
+
+NAMES = ["alice", "bob", "carol", "dave", "erin"]
+LOG_PREVIEW = 32  # the server shows this many bytes of a chunk in its log
+RESET = f"[Errno {errno.ECONNRESET}] {os.strerror(errno.ECONNRESET)}"
+
+
+@dataclass(frozen=True)
+class Action:
+    """One thing a client does. at_once: right after its previous action (a send),
+    without waiting for what that one caused."""
+
+    actor: str
+    verb: str  # "connects", "sends", "half-closes", "closes" or "resets"
+    data: bytes = b""
+    at_once: bool = False
+
+
+def logged(data: bytes) -> str:
+    """How the server logs a chunk: its bytes literal, cut short if long."""
+    if len(data) <= LOG_PREVIEW:
+        return repr(data)
+    return f"{data[:LOG_PREVIEW]!r}... ({len(data)} bytes)"
+
+
+def model(mode: str, actions: list[Action]) -> list[str]:
+    """The protocol, as a pure function: the transcript lines of these actions, each
+    followed by exactly what it makes each client receive and the server print.
+
+    ack: every chunk earns its sender b'ACK'. broadcast: every chunk reaches every other
+    connected client, and never its sender. A client that half-closes gets what it is
+    owed, then the server closes it. Every leaving client is logged once, with why.
+    """
+    online: list[str] = []
+    lines: list[str] = []
+    waiting: list[str] = []  # observations of actions that happened at once
+    for action in actions:
+        if not action.at_once:
+            lines += waiting
+            waiting = []
+        who = action.actor
+        lines.append(
+            f"{who} {action.verb} {action.data!r}" if action.data else f"{who} {action.verb}"
+        )
+        if action.verb == "connects":
+            online.append(who)
+            waiting.append(f"server: {{{who}}} connected ({len(online)} online)")
+        elif action.verb == "sends":
+            receivers = [who] if mode == "ack" else [other for other in online if other != who]
+            reply = b"ACK" if mode == "ack" else action.data
+            waiting += [f"{receiver} receives {reply!r}" for receiver in receivers]
+            waiting.append(f"server: {{{who}}} sent {logged(action.data)}")
+        else:  # it leaves
+            online.remove(who)
+            if action.verb == "half-closes":
+                waiting.append(f"{who} receives EOF")
+            reason = RESET if action.verb == "resets" else "closed by client"
+            waiting.append(f"server: {{{who}}} disconnected: {reason}")
+    return lines + waiting
+
+
+@st.composite
+def sessions(draw: st.DrawFn) -> tuple[str, list[Action]]:
+    """A mode and up to 16 actions of up to five clients, each valid where it stands."""
+    mode = draw(st.sampled_from(["ack", "broadcast"]))
+    newcomers = list(NAMES)  # names that have not connected yet, in order
+    online: list[str] = []
+    actions: list[Action] = []
+    for _ in range(draw(st.integers(1, 16))):
+        verbs = ["connects"] if newcomers else []
+        if online:
+            verbs += ["sends", "sends", "sends", "half-closes", "closes", "resets"]
+        if not verbs:
+            break  # all five have come and gone
+        verb = draw(st.sampled_from(verbs))
+        if verb == "connects":
+            online.append(newcomers.pop(0))
+            actions.append(Action(online[-1], verb))
+            continue
+        who = draw(st.sampled_from(online))
+        if verb == "sends":
+            actions.append(Action(who, verb, draw(st.binary(min_size=1, max_size=48))))
+            continue
+        online.remove(who)
+        just_sent = actions[-1].actor == who and actions[-1].verb == "sends"
+        # Closing right after a send only stays deterministic where no reply is owed to
+        # the closed socket (an ACK arriving there would make the kernel send a reset).
+        may_hurry = verb == "half-closes" or (verb == "closes" and mode == "broadcast")
+        at_once = just_sent and may_hurry and draw(st.booleans())
+        actions.append(Action(who, verb, at_once=at_once))
+    return mode, actions
+
+
+def generated_transcript(mode: str, actions: list[Action]) -> str:
+    """A generated session in the transcript format, ready to save under transcripts/."""
+    header = ["# Found by test_generated_sessions_match_the_model.", f"mode {mode}", ""]
+    return "\n".join(header + model(mode, actions)) + "\n"
+
+
+def test_model_predicts_a_hand_written_transcript() -> None:
+    """The model and a hand-written golden transcript agree, line for line: the model
+    says what the README says."""
+    actions = [
+        Action("alice", "connects"),
+        Action("bob", "connects"),
+        Action("carol", "connects"),
+        Action("alice", "sends", b"my last chunk"),
+        Action("alice", "half-closes", at_once=True),
+        Action("bob", "sends", b"bob goes on"),
+        Action("bob", "closes"),
+        Action("carol", "closes"),
+    ]
+    path = TRANSCRIPTS / "broadcast_half_close_last_chunk_relayed.txt"
+    written = parse(path.read_text(), path.name).steps
+    predicted = parse("mode broadcast\n" + "\n".join(model("broadcast", actions))).steps
+    assert canonical(predicted) == canonical(written)
+
+
+def canonical(steps: list[Step]) -> list[str]:
+    """Step lines with each run of observations in one order: client by client, then the
+    server's lines. Different channels may be listed in any order without changing a
+    transcript's meaning; the order within one channel is kept."""
+    out: list[str] = []
+    run: list[Step] = []
+    for step in [*steps, None]:
+        if step is not None and not step.is_action:
+            run.append(step)
+            continue
+        out += [o.text for o in sorted(run, key=lambda o: (o.actor == "server", o.actor))]
+        run = []
+        if step is not None:
+            out.append(step.text)
+    return out
+
+
+settings.register_profile("test", max_examples=20, derandomize=True, deadline=None)
+settings.register_profile(
+    "fuzz", max_examples=int(os.environ.get("FUZZ_EXAMPLES", "200")), deadline=None
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "test"))
+
+
+@given(sessions())
+def test_generated_sessions_match_the_model(session: tuple[str, list[Action]]) -> None:
+    """Generated client sessions, replayed like any transcript, receive exactly what
+    the model predicts. A failure prints the shrunk session as a transcript."""
+    text = generated_transcript(*session)
+    try:
+        replay(parse(text, "generated.txt"))
+    except TranscriptError as error:
+        raise AssertionError(
+            f"{error}\n\nThe session, shrunk; save it under transcripts/ as a regression:\n\n{text}"
+        ) from None
 
 
 # ---------------------------------------------------------------- the harness itself

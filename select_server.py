@@ -144,14 +144,13 @@ class Server:
         # because a healthy socket is always writable and select() would never sleep.
         self.inputs: list[socket.socket] = [listener, wakeup]
         self.outputs: list[socket.socket] = []
-        self.owing_now: list[socket.socket] = []  # sockets that started owing this round
 
     def serve(self) -> str:
         """Run the select() loop until a signal arrives; return the signal's name.
 
-        Each round: 1. accept a new client, 2. read what clients sent and queue what
-        they are owed, 3. write what is owed to sockets that can take it, 4. drop the
-        clients that have stayed over their limit for too long.
+        Each round: 1. accept new clients, 2. read what clients sent and answer or relay
+        it, 3. write what clients are still owed to sockets that can take it now, 4. drop
+        the clients that have stayed over their limit for too long.
         """
         while True:
             # No exceptional list: SO_OOBINLINE (see accept) makes urgent data ordinary.
@@ -161,24 +160,22 @@ class Server:
             if self.wakeup in readable:
                 return signal.Signals(self.wakeup.recv(1)[0]).name
 
-            # 1. accept a new client
+            # 1. accept new clients
             if self.listener in readable:
                 self.accept()
 
-            # 2. read what clients sent (asking again each time: a read earlier in this
-            #    round may have put a client over its limit)
+            # 2. read what clients sent, and answer or relay it (asking may_read() each
+            #    time: a read earlier in this round may have put a client over its limit)
             for sock in readable:
                 client = self.clients.get(sock)
                 if client is not None and self.may_read(client):
                     self.read_from(client)
 
-            # 3. write what clients are owed: to sockets select() found writable, and at
-            #    once to those that started owing this round, rather than a round later.
-            for sock in writable + self.owing_now:
+            # 3. write what clients are still owed, to sockets select() found writable
+            for sock in writable:
                 client = self.clients.get(sock)
                 if client is not None:  # None: dropped earlier in this round
                     self.write_to(client)
-            self.owing_now.clear()
 
             # 4. drop the clients that have stayed over their limit for too long
             self.drop_stalled()
@@ -190,7 +187,7 @@ class Server:
         return [s for s in self.inputs if s not in self.clients or self.may_read(self.clients[s])]
 
     def may_read(self, client: Client) -> bool:
-        """False while a client that this one's bytes would be queued for owes too much.
+        """False while a client that this one's bytes would go to is owed too much.
 
         Not reading a sender lets TCP flow control slow it down, instead of our memory
         growing: what it sends waits in the kernel's buffers, and then in the sender.
@@ -198,7 +195,7 @@ class Server:
         if not self.over_limit:
             return True
         if self.mode == "ack":
-            return client not in self.over_limit  # its ACKs are queued for itself alone
+            return client not in self.over_limit  # its ACKs go to itself alone
         return not self.over_limit.keys() - {client}  # its chunks, for everyone else
 
     def seconds_to_next_deadline(self) -> float | None:
@@ -219,28 +216,34 @@ class Server:
     # ------------------------------------------------------------ handlers
 
     def accept(self) -> None:
-        """Accept one client: a non-blocking socket, added to clients and inputs."""
-        try:
-            sock, address = self.listener.accept()
-        except (BlockingIOError, ConnectionAbortedError):
-            log("a client left before it was accepted")
-            return
-        except OSError as error:
-            if error.errno in OUT_OF_RESOURCES:
-                self.stop_accepting(str(error))
-            else:
-                log(f"accept() failed: {error}")
-            return
+        """Accept every client waiting, up to max_clients: a crowd costs one round."""
+        while len(self.clients) < self.max_clients:
+            try:
+                sock, address = self.listener.accept()
+            except BlockingIOError:
+                return  # no one else is waiting
+            except ConnectionAbortedError:
+                log("a client left before it was accepted")
+                continue
+            except OSError as error:
+                if error.errno in OUT_OF_RESOURCES:
+                    self.stop_accepting(str(error))
+                else:
+                    log(f"accept() failed: {error}")
+                return
+            self.add_client(sock, host_port(address))
+        self.stop_accepting(f"{self.max_clients} clients, the most allowed")
+
+    def add_client(self, sock: socket.socket, name: str) -> None:
+        """Set up a new client's socket, and add it to clients and inputs."""
         sock.setblocking(False)  # a send or recv must never stop the whole loop
         # Urgent (MSG_OOB) bytes arrive inline as ordinary data, so no socket ever
         # sits in select()'s exceptional list waiting for a read that never comes.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
-        client = Client(sock, host_port(address))
+        client = Client(sock, name)
         self.clients[sock] = client
         self.inputs.append(sock)
         log(f"{client.name} connected ({len(self.clients)} online)")
-        if len(self.clients) >= self.max_clients:
-            self.stop_accepting(f"{self.max_clients} clients, the most allowed")
 
     def stop_accepting(self, why: str) -> None:
         """Stop watching the listening socket: new clients wait in the kernel's queue.
@@ -253,7 +256,7 @@ class Server:
         log(f"not accepting new clients until one leaves: {why}")
 
     def read_from(self, client: Client) -> None:
-        """Read one chunk from client and queue what it earns: an ACK, or a relay."""
+        """Read one chunk from client and send what it earns: an ACK, or a relay."""
         try:
             data = client.sock.recv(RECV_SIZE)
         except BlockingIOError:
@@ -267,11 +270,12 @@ class Server:
         if not self.quiet:
             log(f"{client.name} sent {describe(data)}")
         if self.mode == "ack":
-            self.queue(client, b"ACK")
+            self.send(client, b"ACK")
         else:
-            for other in self.clients.values():
+            # A copy of the list: a receiver whose send() fails is dropped meanwhile.
+            for other in list(self.clients.values()):
                 if other is not client and not other.hung_up:
-                    self.queue(other, data)
+                    self.send(other, data)
 
     def hang_up(self, client: Client) -> None:
         """The client sent EOF: stop reading it, and close it once it has all it is owed."""
@@ -280,23 +284,23 @@ class Server:
         if not client.outbox:
             self.drop(client, "closed by client")
 
-    def queue(self, client: Client, data: bytes) -> None:
-        """Add data to what we owe client; its socket joins outputs if it owed nothing."""
+    def send(self, client: Client, data: bytes) -> None:
+        """Send data to client now if nothing is ahead of it (the socket almost always
+        takes it all); whatever the socket does not take waits in client's outbox."""
         if not client.outbox:
-            self.outputs.append(client.sock)
-            self.owing_now.append(client.sock)
+            sent = self.send_some(client, data)
+            if sent is None or sent == len(data):
+                return  # dropped, or all sent
+            data = data[sent:]
+            self.outputs.append(client.sock)  # it is owed bytes: watch for writable
         client.outbox += data
         if len(client.outbox) > self.max_buffer and client not in self.over_limit:
             self.over_limit[client] = time.monotonic()
 
     def write_to(self, client: Client) -> None:
-        """Send as much of client's outbox as its socket takes now, and keep the rest."""
-        try:
-            sent = client.sock.send(client.outbox)
-        except BlockingIOError:
-            return  # no room after all; select() will say when there is
-        except OSError as error:  # e.g. BrokenPipeError: the client is gone
-            self.drop(client, str(error))
+        """The socket is writable: send it as much of its outbox as it takes now."""
+        sent = self.send_some(client, client.outbox)
+        if sent is None:
             return
         del client.outbox[:sent]
         if len(client.outbox) <= self.max_buffer:
@@ -305,6 +309,17 @@ class Server:
             self.outputs.remove(client.sock)
             if client.hung_up:
                 self.drop(client, "closed by client")
+
+    def send_some(self, client: Client, data: bytes | bytearray) -> int | None:
+        """send() what client's socket takes now; return how much, or None if it failed
+        and the client was dropped. Never blocks: the socket is non-blocking."""
+        try:
+            return client.sock.send(data)
+        except BlockingIOError:
+            return 0  # no room at all right now
+        except OSError as error:  # e.g. BrokenPipeError: the client is gone
+            self.drop(client, str(error))
+            return None
 
     def drop(self, client: Client, reason: str) -> None:
         """Forget client everywhere and close its socket: the only place that closes one."""

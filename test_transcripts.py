@@ -51,6 +51,7 @@ TRANSCRIPTS = HERE / "transcripts"
 WAIT = 5.0  # seconds: the most any single expectation waits before it fails
 QUIET = 0.1  # seconds of silence that show nothing more is coming
 RECORD_QUIET = 0.3  # recording waits this long for stragglers after each action
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
 
 # ---------------------------------------------------------------- the transcript format
 
@@ -191,9 +192,14 @@ class ServerProcess:
             preexec_fn=preexec_fn,
         )
         self.child.logfile_read = self.output
-        first = self.next_line()
+        try:
+            first = self.next_line()
+        except AssertionError:
+            self.kill()  # no test holds this process yet to clean it up
+            raise
         match = LISTENING.search(first)
         if match is None:
+            self.kill()
             raise AssertionError(f"expected 'listening on HOST:PORT', got {first!r}")
         self.announcement = first
         self.host = match["v6"] or match["v4"]
@@ -934,6 +940,44 @@ def test_half_closed_client_gets_its_whole_backlog_first() -> None:
         server.kill()
 
 
+def freeze(pid: int) -> None:
+    """Stop a process with SIGSTOP, and wait (bounded) until it really is stopped."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + WAIT
+    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+        assert time.monotonic() < deadline, "the server did not stop"
+        time.sleep(0.001)
+
+
+@linux_only
+def test_receiver_reset_while_a_relay_is_sent_is_dropped_alone() -> None:
+    """Broadcast: a receiver resets just as another client sends. The server finds out
+    when send() to it fails in the middle of relaying; it drops that receiver alone,
+    and the rest of the relay, and everything after it, still arrives."""
+    server = ServerProcess("broadcast", "--quiet")
+    try:
+        sender, gone, stays = connect(server), connect(server), connect(server)
+        for _ in range(3):
+            server.expect_line("connected")
+        gone_address = host_port(gone.getsockname())
+        # Freeze the server so that one select() sees both the reset and the chunk; the
+        # sender connected first, so its chunk is read (and relayed) first.
+        freeze(server.pid)
+        gone.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        gone.close()
+        sender.sendall(b"to whoever is left")
+        os.kill(server.pid, signal.SIGCONT)
+        assert receive_exactly(stays, 18) == b"to whoever is left"
+        line = server.expect_line("disconnected: (.*)")
+        assert line.string.startswith(gone_address)
+        stays.sendall(b"still relaying")
+        assert receive_exactly(sender, 14) == b"still relaying"
+        assert_quiet(sender, stays)
+        server.stop()
+    finally:
+        server.kill()
+
+
 def server_family(server: ServerProcess) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in server.host else socket.AF_INET
 
@@ -1019,9 +1063,6 @@ def raise_own_nofile_limit(at_least: int) -> None:
         if hard != resource.RLIM_INFINITY and hard < at_least:
             pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {at_least}")
         resource.setrlimit(resource.RLIMIT_NOFILE, (at_least, hard))
-
-
-linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
 
 def test_one_mebibyte_in_ack_mode_earns_only_whole_acks() -> None:

@@ -2,11 +2,11 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SOURCES := select_server.py test_transcripts.py
+SOURCES := select_server.py test_transcripts.py bench.py
 PORT ?= 8000
 FUZZ_SECONDS ?= 600
 
-.PHONY: test ack broadcast record fuzz clean
+.PHONY: test ack broadcast record fuzz bench clean
 
 test: $(VENV)/installed
 	$(BIN)/ruff check --target-version py38 --line-length 100 --select E,W,F,I,UP,B,FA,SIM $(SOURCES)
@@ -30,6 +30,13 @@ fuzz: $(VENV)/installed
 	  HYPOTHESIS_PROFILE=fuzz FUZZ_EXAMPLES=200 $(BIN)/pytest -q -p no:cacheprovider \
 	    test_transcripts.py -k generated_sessions || exit 1; \
 	done
+
+# Our server alone (about 45 s), or side by side with the asyncio peer when it is
+# there (about 90 s). Not part of `make test`, which runs only bench.py --smoke.
+PEER ?= ../shared/peers/asyncio_server.py
+bench:
+	if [ -f $(PEER) ]; then $(PYTHON) bench.py --against 'python $(PEER) {mode}'; \
+	else $(PYTHON) bench.py; fi
 
 $(VENV)/installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)

@@ -25,6 +25,7 @@ import random
 import re
 import resource
 import select
+import shlex
 import shutil
 import signal
 import socket
@@ -1366,6 +1367,44 @@ def test_idle_server_with_a_hundred_silent_clients_uses_no_cpu() -> None:
         server.stop()
     finally:
         server.kill()
+
+
+# ---------------------------------------------------------------- the benchmark's smoke run
+
+
+def run_bench(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, str(HERE / "bench.py"), "--smoke", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=12 * WAIT)
+
+
+@linux_only
+def test_bench_smoke_run_prints_rows_and_checks_every_byte() -> None:
+    """`bench.py --smoke` measures a tiny broadcast and ack row against the real server:
+    both rows come out, and every relayed byte was checked."""
+    result = run_bench()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"^broadcast 3x1 +ours .* all [\d,]+ MB checked", result.stdout, re.M)
+    assert re.search(r"^ack 2 clients +ours +[\d,]+ ", result.stdout, re.M)
+
+
+# A server whose relay reverses every chunk: the bytes arrive, but not the right ones.
+REVERSING_RELAY = f"""
+import sys
+sys.path.insert(0, {str(HERE)!r})
+import select_server
+send = select_server.Server.send
+select_server.Server.send = lambda server, client, data: send(server, client, data[::-1])
+sys.exit(select_server.main(sys.argv[1:]))
+"""
+
+
+@linux_only
+def test_bench_smoke_run_fails_when_relayed_bytes_are_wrong() -> None:
+    """The benchmark's byte check can fail: against a relay that reverses every chunk,
+    the broadcast row says FAILED and the exit status is 1."""
+    result = run_bench("--server", f"python -c {shlex.quote(REVERSING_RELAY)} {{mode}} --quiet")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert re.search(r"^broadcast 3x1 +ours +FAILED", result.stdout, re.M), result.stdout
 
 
 def main(argv: list[str]) -> int:

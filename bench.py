@@ -1,0 +1,1038 @@
+# SPDX-License-Identifier: 0BSD
+"""Measure select_server.py over loopback, and optionally another server side by side.
+
+    python bench.py                      # every row: about 45 s (90 s with --against)
+    python bench.py --smoke              # two tiny rows in about 2 s (for a test)
+    python bench.py --against 'python ../shared/peers/asyncio_server.py {mode}'
+    python bench.py --rows 'broadcast|memory' --seconds 5 --warmup 2
+
+Each row starts a fresh server (`--server CMD`, default `python select_server.py {mode}
+--quiet`, run from this file's folder with `--host 127.0.0.1 --port 0` appended; a leading
+`python` means the interpreter running bench.py), primes it with one connection, drives it
+from load-generator processes (this file run with --worker) and prints one line:
+
+- ack N clients: each client in lock-step (send 16 bytes, wait for exactly b"ACK");
+  round trips per second, p50/p99 latency.
+- ack 1 + N idle: one such client while N others stay connected and silent: what
+  select() pays for every socket it watches.
+- broadcast RxS: R receivers and S senders; delivered bytes and messages per second (one
+  message arriving at one client), and a check that every client got every byte of every
+  other sender, in order. A client dropped by the server fails the row.
+- memory 1000 idle: the server's RSS before and after 1,000 clients connect, per client.
+
+Every row also shows the server's own CPU time per operation (from /proc/PID/stat over the
+measured window), its peak RSS (VmHWM), and the load generator's CPU share: on a small
+machine both share the cores, so operations per second alone measure the pair. CPU is
+read for the process started, so CMD must run the server itself, not a shell around it.
+`--against CMD` runs a second server of the same command-line shape, row by row right after
+ours, and prints the ratios. Exit status: 0, or 1 if any row failed. Linux only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import os
+import random
+import re
+import resource
+import select
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from array import array
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import IO, Any, Callable, NamedTuple, Protocol, Sequence
+
+# ---------------------------------------------------------------- settings
+
+HOST = "127.0.0.1"
+DEFAULT_SERVER = "python select_server.py {mode} --quiet"
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+ACK = b"ACK"
+PAYLOAD = b"0123456789abcdef"  # what an ack client sends each round trip
+PAYLOAD_SIZE = len(PAYLOAD)
+MESSAGE_SIZE = 128  # a broadcast message
+PATTERN_MESSAGES = 509  # a sender's bytes repeat after this many (a prime: no buffer size)
+WINDOW_TOTAL = 512 * 1024  # bytes all senders together may have in flight (see window)
+RECV_SIZE = 65536
+PROBE = b"\xff"  # the one byte value no sender uses: marks the start-up probe
+
+START_TIMEOUT = 10.0  # for a server to say where it listens
+SETUP_TIMEOUT = 30.0  # for the workers to connect every client
+DRAIN_TIMEOUT = 10.0  # for the last broadcast bytes to arrive after the window
+STOP_TIMEOUT = 5.0  # for a process to exit after being told to
+
+
+# Every process we start, so that whatever happens, none outlives us (see main).
+CHILDREN: list[subprocess.Popen[bytes]] = []
+
+
+class RowFailed(Exception):
+    """A row cannot report a number: a client was dropped, a byte was wrong, a timeout..."""
+
+
+# ---------------------------------------------------------------- the rows
+
+
+@dataclass
+class Row:
+    """One line of the table: what to run against a fresh server."""
+
+    label: str
+    mode: str  # the server's mode: "ack" or "broadcast"
+    kind: str  # the worker's job: "ack", "broadcast" or "connect" (the memory row)
+    active: int = 0  # ack: clients in lock-step
+    idle: int = 0  # ack: clients that stay silent; connect: clients to open
+    receivers: int = 0  # broadcast
+    senders: int = 0  # broadcast
+
+
+def default_rows() -> list[Row]:
+    """Every row of a default run, in order."""
+    rows = [
+        Row(f"ack {n} client{'s' if n > 1 else ''}", "ack", "ack", active=n)
+        for n in (1, 10, 100, 1000)
+    ]
+    rows += [Row(f"ack 1 + {n} idle", "ack", "ack", active=1, idle=n) for n in (0, 250, 500, 900)]
+    rows += [
+        Row(f"broadcast {r}x{s}", "broadcast", "broadcast", receivers=r, senders=s)
+        for r, s in ((10, 1), (100, 10))
+    ]
+    rows.append(Row("memory 1000 idle", "ack", "connect", idle=1000))
+    return rows
+
+
+def smoke_rows() -> list[Row]:
+    """The two tiny rows of --smoke."""
+    return [
+        Row("broadcast 3x1", "broadcast", "broadcast", receivers=3, senders=1),
+        Row("ack 2 clients", "ack", "ack", active=2),
+    ]
+
+
+# ================================================================ worker side
+#
+# A worker is this file run with --worker. It reads a JSON job on stdin, connects its
+# clients, prints {"ready": true}, waits for "T0 T1" (time.monotonic() values: the clock
+# is system-wide on Linux, so the parent's and ours agree), runs until T1 counting only
+# what happens from T0, prints its result as one JSON line, and exits when stdin closes
+# (holding its connections open until then, for the memory row).
+
+
+class WorkerError(Exception):
+    """Something the server did wrong, seen by a worker: reported to the parent."""
+
+
+def emit(message: dict[str, Any]) -> None:
+    """Send one JSON line to the parent."""
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+def connect_all(port: int, count: int, deadline: float) -> list[socket.socket]:
+    """Open count connections to the server: non-blocking, with Nagle off."""
+    socks = []
+    for _ in range(count):
+        sock = socket.create_connection((HOST, port), timeout=max(0.1, deadline - time.monotonic()))
+        # Each send leaves at once, as an interactive client's would, not held for Nagle.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        socks.append(sock)
+    return socks
+
+
+def round_trip_all(socks: Sequence[socket.socket], deadline: float) -> None:
+    """Send one byte on every ack connection and wait for every b"ACK".
+
+    An answer proves the server accepted the connection (it accepts one per loop round,
+    so connections can wait in the kernel's queue for a while after connect() returns).
+    """
+    epoll = select.epoll()
+    replies: dict[int, bytes] = {}
+    for sock in socks:
+        epoll.register(sock.fileno(), select.EPOLLIN)
+        replies[sock.fileno()] = b""
+        sock.send(b"x")
+    by_fd = {sock.fileno(): sock for sock in socks}
+    while replies:
+        if time.monotonic() > deadline:
+            raise WorkerError(f"{len(replies)} of {len(socks)} connections got no ACK in time")
+        for fd, _ in epoll.poll(0.1):
+            data = by_fd[fd].recv(16)
+            if not data:
+                raise WorkerError("the server closed a connection while it was set up")
+            replies[fd] += data
+            if not ACK.startswith(replies[fd]):
+                raise WorkerError(f"expected b'ACK', got {replies[fd]!r}")
+            if replies[fd] == ACK:
+                del replies[fd]
+                epoll.unregister(fd)
+    epoll.close()
+
+
+def matching_length(expected: bytes, start: int, view: memoryview, position: int) -> int:
+    """How many bytes of view, from position on, equal those of expected from start on.
+
+    Each step is one memcmp() (startswith() at an offset), so a run costs a few Python
+    steps rather than one per byte. The usual run is the rest of the chunk: one step.
+    Else a run usually ends where a message does (the server relays what one recv()
+    returned, and senders send whole messages), so a binary search tries the ends of
+    messages first, and goes byte by byte only within the one message after that.
+    """
+    rest = len(view) - position
+    if expected.startswith(view[position:], start):
+        return rest
+    to_end = -start % MESSAGE_SIZE  # bytes to the end of the message we are in
+    # Message ends at to_end + k * MESSAGE_SIZE: end k_low matches, ends past k_high don't.
+    k_low, k_high = -1, (rest - 1 - to_end) // MESSAGE_SIZE
+    while k_low < k_high:
+        k = (k_low + k_high + 1) // 2
+        if expected.startswith(view[position : position + to_end + k * MESSAGE_SIZE], start):
+            k_low = k
+        else:
+            k_high = k - 1
+    low = to_end + k_low * MESSAGE_SIZE if k_low >= 0 else 0  # known to match
+    if view[position + low] != expected[start + low]:
+        return low  # the usual case: the run ends at the end of a message
+    high = min(low + MESSAGE_SIZE, rest) - 1  # the next message end did not match
+    while low < high:
+        middle = (low + high + 1) // 2
+        if expected.startswith(view[position : position + middle], start):
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+class AckLoad:
+    """Lock-step ack clients, plus idle connections that only stay open."""
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        deadline = time.monotonic() + SETUP_TIMEOUT
+        self.socks = connect_all(job["port"], job["active"] + job["idle"], deadline)
+        round_trip_all(self.socks, deadline)
+        self.active = self.socks[: job["active"]]
+
+    def run(self, t0: float, t1: float) -> dict[str, Any]:
+        """Run every active client in lock-step until t1; time the round trips from t0."""
+        # select.epoll itself, not selectors: selectors adds ~0.4 us per ready socket
+        # (a key lookup and a tuple), about 4% of the generator's cost per round trip.
+        epoll = select.epoll()
+        size = max([s.fileno() for s in self.socks], default=0) + 1
+        # Lists indexed by file descriptor, and bound methods looked up once: this loop
+        # runs once per round trip, so every dict lookup and attribute fetch counts.
+        # (len is only a placeholder for descriptors that are not active clients.)
+        sends: list[Callable[[bytes], int]] = [len] * size
+        recv_intos: list[Callable[[bytearray], int]] = [len] * size
+        sent_at = [0.0] * size
+        for sock in self.active:
+            fd = sock.fileno()
+            epoll.register(fd, select.EPOLLIN)
+            sends[fd], recv_intos[fd] = sock.send, sock.recv_into
+        partial: dict[int, bytes] = {}  # fd -> the start of an ACK that came in pieces
+        buffer = bytearray(64)  # recv_into() target: no new bytes object per reply
+        latencies: array[float] = array("d")
+        record = latencies.append
+        monotonic = time.monotonic
+        now = monotonic()
+        for sock in self.active:
+            sent_at[sock.fileno()] = now
+            sock.send(PAYLOAD)
+        measuring = False
+        while now < t1:
+            measuring = measuring or now >= t0
+            for fd, _ in epoll.poll(0.05):
+                got = recv_intos[fd](buffer)
+                # The usual case, with no copy: exactly b"ACK" in one piece.
+                if (
+                    got != 3 or partial or not buffer.startswith(ACK)
+                ) and not self.piece_completes_ack(fd, bytes(buffer[:got]), partial):
+                    continue  # only a piece of an ACK so far
+                now = monotonic()
+                if measuring:
+                    record(now - sent_at[fd])
+                sent_at[fd] = now
+                if sends[fd](PAYLOAD) != PAYLOAD_SIZE:
+                    raise WorkerError("a 16-byte send() was cut short")
+            now = monotonic()
+        epoll.close()
+        encoded = base64.b64encode(latencies.tobytes()).decode()
+        return {"ops": len(latencies), "latencies": encoded}
+
+    def piece_completes_ack(self, fd: int, data: bytes, partial: dict[int, bytes]) -> bool:
+        """Handle a reply that is not exactly b"ACK": a piece of one, or an error."""
+        if not data:
+            raise WorkerError("the server closed an ack connection")
+        so_far = partial.pop(fd, b"") + data
+        if not ACK.startswith(so_far):
+            raise WorkerError(f"expected one b'ACK' per round trip, got {so_far!r}")
+        if so_far == ACK:
+            return True
+        partial[fd] = so_far
+        return False
+
+
+class ConnectLoad:
+    """The memory row: open connections, one round trip each, then hold them open."""
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        self.port: int = job["port"]
+        self.count: int = job["idle"]
+        self.socks: list[socket.socket] = []
+
+    def run(self, t0: float, t1: float) -> dict[str, Any]:
+        """Connect every client now (t0 and t1 are not used) and wait for each ACK."""
+        deadline = time.monotonic() + SETUP_TIMEOUT
+        self.socks = connect_all(self.port, self.count, deadline)
+        round_trip_all(self.socks, deadline)
+        return {"ops": self.count}
+
+
+class BroadcastLoad:
+    """R receivers and S senders, every byte checked, senders kept within a window.
+
+    The server relays whatever one recv() returned, so chunks from different senders
+    may interleave anywhere, even inside a message. So each sender uses its own range of
+    byte values (255 is the start-up probe): the first byte of a run says whose it is.
+    Each sender's stream is a fixed pseudo-random sequence, so every byte is checked
+    against what was sent, in order (see check), and the counts must match at the end.
+    """
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        self.receivers: int = job["receivers"]
+        self.senders: int = job["senders"]
+        # Each sender may be at most this far ahead of its slowest receiver, so no client
+        # is ever owed much more than WINDOW_TOTAL: half the server's --max-buffer.
+        self.window = max(MESSAGE_SIZE, WINDOW_TOTAL // self.senders)
+        clients = self.receivers + self.senders  # senders are clients 0..S-1
+        self.period = MESSAGE_SIZE * PATTERN_MESSAGES
+        # Sender s's bytes run from lo(s) to lo(s + 1) - 1; 255 belongs to the probe.
+        self.sender_of_byte = [self.senders] * 256
+        for s in range(self.senders):
+            self.sender_of_byte[self.lo(s) : self.lo(s + 1)] = [s] * (self.lo(s + 1) - self.lo(s))
+        self.patterns = [self.make_pattern(s) for s in range(self.senders)]
+        self.messages = [
+            [p[i : i + MESSAGE_SIZE] for i in range(0, self.period, MESSAGE_SIZE)]
+            for p in self.patterns
+        ]
+        self.sent = [0] * self.senders
+        # got[s][c]: bytes of sender s that client c received. got[s][s] follows sent[s],
+        # so min(got[s]) is what every other client has received from s.
+        self.got = [[0] * clients for _ in range(self.senders)]
+        self.floor = [0] * self.senders  # min(got[s]) when last computed
+        self.blocked = [False] * self.senders  # waiting for room in the socket buffer
+        self.delivered = 0  # bytes received by all clients together
+        self.buffer = bytearray(RECV_SIZE)  # every recv_into() goes here: no allocation
+        self.view = memoryview(self.buffer)  # slices of it for startswith() copy nothing
+        deadline = time.monotonic() + SETUP_TIMEOUT
+        self.socks = connect_all(job["port"], clients, deadline)
+        self.client_of_fd = {sock.fileno(): c for c, sock in enumerate(self.socks)}
+        self.epoll = select.epoll()
+        for sock in self.socks:
+            self.epoll.register(sock.fileno(), select.EPOLLIN)
+        self.sync(deadline)
+
+    def lo(self, sender: int) -> int:
+        """The lowest byte value that sender uses (lo(S) = 255, the probe)."""
+        return sender * 255 // self.senders
+
+    def make_pattern(self, sender: int) -> bytes:
+        """Sender's byte sequence: one period, repeated so that a chunk read from any
+        offset in the first period fits (startswith() must not run off the end)."""
+        letters = range(self.lo(sender), self.lo(sender + 1))
+        period = bytes(random.Random(sender).choices(letters, k=self.period))
+        return period * (2 + RECV_SIZE // self.period)
+
+    def sync(self, deadline: float) -> None:
+        """Wait until the server has accepted every client: each has heard client 0's probe.
+
+        A client not yet accepted misses what is relayed before, so client 0 sends a probe
+        byte every 50 ms until every other client has received one.
+        """
+        heard = [False] * len(self.socks)
+        heard[0] = True
+        next_probe = 0.0
+        while not all(heard):
+            now = time.monotonic()
+            if now > deadline:
+                raise WorkerError(f"only {sum(heard)} of {len(heard)} clients were accepted")
+            if now >= next_probe:
+                self.socks[0].send(PROBE)
+                next_probe = now + 0.05
+            for fd, _ in self.epoll.poll(0.01):
+                client = self.client_of_fd[fd]
+                data = self.socks[client].recv(RECV_SIZE)
+                if not data or data.strip(PROBE):
+                    raise WorkerError(f"client {client} got {data!r} instead of the probe")
+                heard[client] = True
+
+    def run(self, t0: float, t1: float) -> dict[str, Any]:
+        """Send until t1, counting delivered bytes from t0; then wait for the rest, check."""
+        readable = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR
+        poll, client_of_fd, receive = self.epoll.poll, self.client_of_fd, self.receive
+        start = end = None
+        while True:
+            now = time.monotonic()
+            if start is None and now >= t0:
+                start = self.delivered
+            if end is None and now >= t1:
+                end = self.delivered
+            if end is None:
+                for s in range(self.senders):
+                    if not self.blocked[s]:
+                        self.pump(s)
+            elif self.all_delivered():
+                break
+            elif now > t1 + DRAIN_TIMEOUT:
+                missing = sum(sent * len(got) - sum(got) for got, sent in zip(self.got, self.sent))
+                raise WorkerError(f"{missing} bytes never arrived (waited {DRAIN_TIMEOUT} s)")
+            for fd, events in poll(0.02):
+                client = client_of_fd[fd]
+                if events & select.EPOLLOUT:  # a sender's socket buffer has room again
+                    self.blocked[client] = False
+                    self.epoll.modify(fd, select.EPOLLIN)
+                if events & readable:
+                    receive(client)
+        assert start is not None and end is not None  # t0 <= t1, and the loop ends after t1
+        window_bytes = end - start
+        return {
+            "ops": window_bytes / MESSAGE_SIZE,
+            "bytes": window_bytes,
+            "checked": self.delivered,
+        }
+
+    def pump(self, s: int) -> None:
+        """Send sender s's next messages, one send() each, as far as its window allows."""
+        limit = self.floor[s] + self.window
+        if self.sent[s] >= limit:
+            self.floor[s] = min(self.got[s])  # computed only when needed: O(clients)
+            limit = self.floor[s] + self.window
+        sock, own = self.socks[s], self.got[s]
+        while self.sent[s] < limit:
+            offset = self.sent[s] % self.period
+            if offset % MESSAGE_SIZE == 0:  # the usual case: a whole, prebuilt message
+                message = self.messages[s][offset // MESSAGE_SIZE]
+            else:  # the rest of a message that an earlier send() cut short
+                message = self.patterns[s][offset : offset - offset % MESSAGE_SIZE + MESSAGE_SIZE]
+            try:
+                sent = sock.send(message)
+            except BlockingIOError:
+                sent = 0
+            self.sent[s] += sent
+            own[s] = self.sent[s]
+            if sent < len(message):  # the socket buffer is full: wait until it has room
+                self.blocked[s] = True
+                self.epoll.modify(sock.fileno(), select.EPOLLIN | select.EPOLLOUT)
+                return
+
+    def receive(self, client: int) -> None:
+        """Read one chunk for client, and check it run by run: one run per sender."""
+        size = self.socks[client].recv_into(self.buffer)
+        if not size:
+            raise WorkerError(f"the server closed client {client} (dropped?)")
+        view = self.view[:size]
+        position = 0
+        while position < size:
+            sender = self.sender_of_byte[view[position]]
+            if sender == self.senders:  # a late start-up probe: skip it
+                position += 1
+            else:
+                position += self.check(client, sender, view, position)
+
+    def check(self, client: int, sender: int, view: memoryview, position: int) -> int:
+        """Check the run of sender's bytes at position in client's chunk; return its length.
+
+        A run ends where another sender's bytes start (no byte is in two ranges), or at
+        the first byte that is not what sender sent next: then the next run starts with
+        one of sender's bytes that matches nothing, and fails here.
+        """
+        column = self.got[sender]
+        offset = column[client]
+        if sender == client:
+            raise WorkerError(f"sender {sender} received its own bytes back")
+        length = matching_length(self.patterns[sender], offset % self.period, view, position)
+        if length == 0:
+            raise WorkerError(
+                f"client {client}: byte {offset} from sender {sender} is not what it sent "
+                "(lost, repeated, reordered or mixed)"
+            )
+        if offset + length > self.sent[sender]:
+            raise WorkerError(f"client {client} got more bytes from sender {sender} than it sent")
+        column[client] = offset + length
+        self.delivered += length
+        return length
+
+    def all_delivered(self) -> bool:
+        """Has every client received every byte every other sender sent?"""
+        return all(min(column) == sent for column, sent in zip(self.got, self.sent))
+
+
+class Load(Protocol):
+    """What a worker runs: built from its job (connecting its clients), then run once."""
+
+    def run(self, t0: float, t1: float) -> dict[str, Any]: ...
+
+
+LOADS: dict[str, Callable[[dict[str, Any]], Load]] = {
+    "ack": AckLoad,
+    "broadcast": BroadcastLoad,
+    "connect": ConnectLoad,
+}
+
+
+def worker_main() -> int:
+    """Run one worker: read its job, connect, report ready, run when told, report."""
+    job = json.loads(sys.stdin.readline())
+    try:
+        load = LOADS[job["kind"]](job)
+        emit({"ready": True})
+        words = sys.stdin.readline().split()
+        if len(words) != 2:
+            return 1  # the parent has gone
+        result = load.run(float(words[0]), float(words[1]))
+    except (WorkerError, OSError) as error:
+        emit({"error": f"{type(error).__name__}: {error}"})
+        return 1
+    emit(result)
+    sys.stdin.read()  # keep the connections open until the parent closes our stdin
+    return 0
+
+
+# ================================================================ parent side
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, in seconds, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()  # the name may hold spaces
+    ticks = int(fields[11]) + int(fields[12])  # fields 14 and 15 in proc(5)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def proc_status_kb(pid: int, key: str) -> int:
+    """One "kB" line of /proc/PID/status, e.g. VmRSS or VmHWM (peak RSS)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise RowFailed(f"no {key} in /proc/{pid}/status")
+
+
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """Signal a process, wait a bounded time, then kill it."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class LineReader:
+    """Reads lines from a child's stdout pipe, each within a deadline."""
+
+    def __init__(self, stream: IO[bytes], name: str) -> None:
+        self.fd = stream.fileno()
+        self.name = name
+        self.buffer = bytearray()
+
+    def readline(self, deadline: float) -> bytes:
+        """The next line, without its newline; RowFailed on timeout or end of output."""
+        while b"\n" not in self.buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RowFailed(f"timed out waiting for {self.name}")
+            ready, _, _ = select.select([self.fd], [], [], remaining)
+            if ready:
+                chunk = os.read(self.fd, 1 << 20)
+                if not chunk:
+                    raise RowFailed(f"{self.name} exited")
+                self.buffer += chunk
+        line, _, rest = bytes(self.buffer).partition(b"\n")
+        self.buffer = bytearray(rest)
+        return line
+
+
+class ServerProcess:
+    """A server under test: started, its port read, its log drained by a thread."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.argv = argv
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=HERE,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        CHILDREN.append(self.proc)
+        self.pid = self.proc.pid
+        self.head = b""  # the start of its log, up to the first newline
+        self.tail = b""  # the end of its log, to show when a row fails
+        self.first_line = threading.Event()
+        # The server blocks once its log pipe is full, so a thread keeps reading it.
+        self.drainer = threading.Thread(target=self.drain, daemon=True)
+        self.drainer.start()
+
+    def wait_for_port(self) -> int:
+        """The port from the server's first line: `listening on HOST:PORT`."""
+        if not self.first_line.wait(START_TIMEOUT):
+            raise RowFailed("the server did not say where it listens")
+        match = re.search(rb"listening on \S*:(\d+)", self.head)
+        if not match:
+            raise RowFailed("no 'listening on HOST:PORT' from the server")
+        return int(match.group(1))
+
+    def drain(self) -> None:
+        """Read the server's output until it ends, keeping the last few kilobytes."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        while True:
+            chunk = os.read(fd, 65536)
+            self.tail = (self.tail + chunk)[-4096:]
+            if not self.first_line.is_set():
+                self.head += chunk
+                if b"\n" in chunk or not chunk:
+                    self.first_line.set()
+            if not chunk:
+                return
+
+    def check_alive(self) -> None:
+        """RowFailed if the server has exited on its own."""
+        if self.proc.poll() is not None:
+            raise RowFailed(f"the server exited with status {self.proc.returncode}")
+
+    def stop(self) -> None:
+        """SIGTERM, a bounded wait, then SIGKILL; then close its log once fully read."""
+        stop_process(self.proc)
+        self.drainer.join(STOP_TIMEOUT)
+        # Closing the pipe under a thread that still reads it could read another file
+        # that reuses the descriptor: if the thread is stuck, leave the pipe open.
+        if not self.drainer.is_alive() and self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+class Worker:
+    """A load-generator process: this file run with --worker."""
+
+    def __init__(self, name: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            start_new_session=True,  # Ctrl-C in the terminal is ours to handle, not its
+        )
+        CHILDREN.append(self.proc)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.pid = self.proc.pid
+        self.lines = LineReader(self.proc.stdout, name)
+
+    def tell(self, line: str) -> None:
+        """Write one line to the worker's stdin."""
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(line.encode() + b"\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            raise RowFailed(f"{self.lines.name} exited") from None
+
+    def receive(self, deadline: float) -> dict[str, Any]:
+        """The worker's next JSON message; RowFailed if it reports an error."""
+        line = self.lines.readline(deadline)
+        try:
+            message: dict[str, Any] = json.loads(line)
+        except ValueError:
+            raise RowFailed(f"{self.lines.name} said {line[:200]!r}") from None
+        if "error" in message:
+            raise RowFailed(f"{self.lines.name}: {message['error']}")
+        return message
+
+    def stop(self) -> None:
+        """Close its stdin (it then exits), wait a bounded time, then end it."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        with contextlib.suppress(BrokenPipeError):  # it may have exited already
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(1.0)  # a worker that has reported exits at once
+        except subprocess.TimeoutExpired:  # one still running (a row that failed)
+            stop_process(self.proc)
+        self.proc.stdout.close()
+
+
+def prime(port: int, mode: str) -> None:
+    """One connect, one round trip, one close, before measuring any server.
+
+    A fresh CPython 3.11 asyncio server reallocates its receive buffer on every read
+    until its first client has left, which would make it look several times slower.
+    """
+    deadline = time.monotonic() + START_TIMEOUT
+    with contextlib.ExitStack() as closing:
+        a = closing.enter_context(socket.create_connection((HOST, port), START_TIMEOUT))
+        b = a  # in ack mode a hears its own reply; in broadcast, a second client does
+        if mode == "broadcast":
+            b = closing.enter_context(socket.create_connection((HOST, port), START_TIMEOUT))
+        b.settimeout(0.05)
+        while time.monotonic() < deadline:
+            a.sendall(b"p")  # in broadcast, again until b is accepted and hears it
+            try:
+                if b.recv(16):
+                    return
+                raise RowFailed("the server closed the priming connection")
+            except socket.timeout:
+                continue
+        raise RowFailed("the server did not answer the priming connection")
+
+
+@dataclass
+class Result:
+    """What one row measured against one server."""
+
+    ops: float  # round trips, delivered messages, or connections
+    seconds: float  # the window the workers counted them in
+    cpu_wall: float  # the wall-clock seconds between the two CPU snapshots
+    server_cpu: float  # CPU seconds, user + system, between the snapshots
+    generator_cpu: float
+    peak_rss_kb: int = 0
+    latencies: list[float] = field(default_factory=list)  # seconds, sorted
+    delivered_bytes: int | None = None  # broadcast: in the window
+    checked_bytes: int = 0  # broadcast: every byte received, window or not
+    note: str = ""
+
+
+class Snapshot(NamedTuple):
+    """When, and how many CPU seconds the server and all workers had used by then."""
+
+    at: float
+    server: float
+    generator: float
+
+
+def snapshot(server: ServerProcess, workers: list[Worker]) -> Snapshot:
+    """Read the server's and the workers' CPU time from /proc."""
+    generator = sum(proc_cpu_seconds(w.pid) for w in workers)
+    return Snapshot(time.monotonic(), proc_cpu_seconds(server.pid), generator)
+
+
+def result_between(start: Snapshot, end: Snapshot, ops: float, seconds: float) -> Result:
+    """A Result with the CPU used between two snapshots."""
+    return Result(
+        ops=ops,
+        seconds=seconds,
+        cpu_wall=end.at - start.at,
+        server_cpu=end.server - start.server,
+        generator_cpu=end.generator - start.generator,
+    )
+
+
+def split_job(row: Row, port: int, workers: int) -> list[dict[str, Any]]:
+    """The jobs for the workers: ack clients split between them; else one worker."""
+    job: dict[str, Any] = {"kind": row.kind, "port": port, "idle": row.idle}
+    if row.kind == "broadcast":  # its window needs every client's progress: one process
+        return [dict(job, receivers=row.receivers, senders=row.senders)]
+    if row.kind == "connect" or workers == 1:
+        return [dict(job, active=row.active)]
+    return [
+        dict(job, active=row.active * (i + 1) // workers - row.active * i // workers,
+             idle=row.idle * (i + 1) // workers - row.idle * i // workers)
+        for i in range(workers)
+    ]  # fmt: skip
+
+
+def sleep_until(moment: float) -> None:
+    """Sleep until time.monotonic() reaches moment."""
+    time.sleep(max(0.0, moment - time.monotonic()))
+
+
+def measure(row: Row, argv: list[str], args: argparse.Namespace) -> Result:
+    """Run one row against a fresh server started with argv."""
+    try:
+        server = ServerProcess(argv)
+    except OSError as error:
+        raise RowFailed(f"cannot start the server: {error}") from None
+    workers: list[Worker] = []
+    try:
+        port = server.wait_for_port()
+        prime(port, row.mode)
+        rss_before = proc_status_kb(server.pid, "VmRSS")
+        for i, job in enumerate(split_job(row, port, args.workers)):
+            workers.append(Worker(f"worker {i}"))
+            workers[-1].tell(json.dumps(job))
+        ready_by = time.monotonic() + SETUP_TIMEOUT
+        for worker in workers:
+            worker.receive(ready_by)
+        if row.kind == "connect":
+            result = measure_connect(server, workers)
+            rss_after = proc_status_kb(server.pid, "VmRSS")
+            growth = (rss_after - rss_before) / row.idle
+            result.note = f"RSS {rss_before / 1024:.1f} -> {rss_after / 1024:.1f} MB, "
+            result.note += f"{growth:+.2f} kB/conn"
+        else:
+            result = measure_window(server, workers, args.seconds, args.warmup)
+        if row.kind == "broadcast":
+            clients = row.receivers + row.senders
+            result.note = f"all {result.checked_bytes / 1e6:,.0f} MB checked, {clients} clients"
+        result.peak_rss_kb = proc_status_kb(server.pid, "VmHWM")
+        server.check_alive()
+        return result
+    except (RowFailed, OSError) as failure:
+        log = server.tail.decode(errors="replace").strip().splitlines()[-5:]
+        raise RowFailed("\n    ".join([str(failure), "server log ends:", *log])) from None
+    finally:
+        for worker in workers:
+            worker.stop()
+        server.stop()
+
+
+def measure_window(
+    server: ServerProcess, workers: list[Worker], seconds: float, warmup: float
+) -> Result:
+    """Warm up, then measure from T0 to T1: CPU from /proc, counts from the workers."""
+    t0 = time.monotonic() + warmup
+    t1 = t0 + seconds
+    for worker in workers:
+        worker.tell(f"{t0!r} {t1!r}")
+    sleep_until(t0)
+    start = snapshot(server, workers)
+    sleep_until(t1)
+    end = snapshot(server, workers)
+    reports = [w.receive(t1 + DRAIN_TIMEOUT + STOP_TIMEOUT) for w in workers]
+    result = result_between(start, end, sum(r["ops"] for r in reports), seconds)
+    for report in reports:
+        if "latencies" in report:
+            samples: array[float] = array("d")
+            samples.frombytes(base64.b64decode(report["latencies"]))
+            result.latencies += samples
+        if "bytes" in report:
+            result.delivered_bytes = (result.delivered_bytes or 0) + report["bytes"]
+            result.checked_bytes += report["checked"]
+    result.latencies.sort()
+    return result
+
+
+def measure_connect(server: ServerProcess, workers: list[Worker]) -> Result:
+    """The memory row: the window is the time the workers take to connect everyone."""
+    start = snapshot(server, workers)
+    for worker in workers:
+        worker.tell("0 0")
+    reports = [w.receive(start.at + SETUP_TIMEOUT) for w in workers]
+    end = snapshot(server, workers)
+    return result_between(start, end, sum(r["ops"] for r in reports), end.at - start.at)
+
+
+# ---------------------------------------------------------------- the table
+
+COLUMNS = [
+    ("row", 18),
+    ("server", 7),
+    ("ops/s", 9),
+    ("MB/s", 7),
+    ("p50 us", 7),
+    ("p99 us", 7),
+    ("srv us/op", 9),
+    ("srv CPU", 7),
+    ("gen CPU", 7),
+    ("peak RSS", 9),
+    ("", 0),
+]
+
+
+def format_line(cells: Sequence[str]) -> str:
+    """Cells padded to the column widths: the first two left-aligned, the rest right."""
+    parts = []
+    for i, (cell, (_, width)) in enumerate(zip(cells, COLUMNS)):
+        parts.append(cell.ljust(width) if i < 2 else cell.rjust(width))
+    return "  ".join(parts).rstrip()
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    """The nearest-rank percentile of an already sorted list."""
+    return sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))]
+
+
+def result_cells(label: str, who: str, r: Result) -> list[str]:
+    """One table line for one result."""
+    latency = ["-", "-"]
+    if r.latencies:
+        latency = [f"{percentile(r.latencies, q) * 1e6:.0f}" for q in (0.5, 0.99)]
+    megabytes = "-" if r.delivered_bytes is None else f"{r.delivered_bytes / r.seconds / 1e6:.1f}"
+    per_op = f"{r.server_cpu / r.ops * 1e6:.2f}" if r.ops else "-"
+    return [
+        label,
+        who,
+        f"{r.ops / r.seconds:,.0f}",
+        megabytes,
+        *latency,
+        per_op,
+        f"{r.server_cpu / r.cpu_wall:.0%}",
+        f"{r.generator_cpu / r.cpu_wall:.0%}",
+        f"{r.peak_rss_kb / 1024:.1f} MB",
+        r.note,
+    ]
+
+
+def ratio_cells(ours: Result, theirs: Result) -> list[str]:
+    """The ratio line: throughput ours/theirs, server CPU per op theirs/ours."""
+    cells = ["", "ratio", "", "", "", "", "", "", "", "", ""]
+    if theirs.ops and ours.ops:
+        cells[2] = f"x{(ours.ops / ours.seconds) / (theirs.ops / theirs.seconds):.2f}"
+    if theirs.ops and ours.ops and ours.server_cpu:
+        cells[6] = f"x{(theirs.server_cpu / theirs.ops) / (ours.server_cpu / ours.ops):.2f}"
+    return cells
+
+
+def machine_line() -> str:
+    """CPU model, core count, Python version and kernel."""
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    python = f"{sys.implementation.name} {sys.version.split()[0]}"
+    return f"machine: {model}, {os.cpu_count()} cores, {python}, Linux {os.uname().release}"
+
+
+def print_header(commands: list[tuple[str, list[str]]], args: argparse.Namespace) -> None:
+    """The machine, the exact commands, the settings, the legend and the column titles."""
+    print(machine_line())
+    print(f"run: {shlex.join(['python', *sys.argv])}")
+    for who, argv in commands:
+        command = shlex.join(argv).replace("'{mode}'", "{mode}")
+        print(f"{who}: (cd {shlex.quote(HERE)} && {command})")
+    print(
+        f"window {args.seconds:g} s after {args.warmup:g} s of warm-up; a fresh, primed server "
+        f"per row; load generator: {args.workers} process(es) for ack rows, 1 for the others"
+    )
+    print(
+        "ops: ack = round trips; broadcast = 128-byte messages delivered (one message arriving "
+        "at one client);\n     memory = connections opened (connect + one round trip)\n"
+        "srv us/op: server CPU time (user + sys) per op; srv CPU, gen CPU: CPU seconds of the "
+        "server, of the load generator, per second"
+    )
+    if len(commands) > 1:
+        print("ratio: ops/s ours/theirs, srv us/op theirs/ours (above 1: ours is better)")
+    print()
+    print(format_line([title for title, _ in COLUMNS]))
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------- main
+
+
+def server_argv(command: str, mode: str) -> list[str]:
+    """A server command with {mode} filled in and where to listen appended."""
+    argv = [word.replace("{mode}", mode) for word in shlex.split(command)]
+    if argv and argv[0] == "python":  # the interpreter running bench.py, not PATH's
+        argv[0] = sys.executable
+    return argv + ["--host", HOST, "--port", "0"]
+
+
+def raise_file_limit(wanted: int) -> None:
+    """Raise our soft RLIMIT_NOFILE toward the hard limit: 1,000+ clients need > 1024.
+
+    Children inherit it, so the workers and the server get it too (set here rather than
+    in preexec_fn, which is unsafe once threads run: we drain server logs in threads).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < wanted:
+        print(
+            f"warning: only {target} file descriptors allowed; big rows may fail", file=sys.stderr
+        )
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows the module docstring as written, and every option's default."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Read the command line."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--server", default=DEFAULT_SERVER, metavar="CMD", help="our server")
+    parser.add_argument("--against", metavar="CMD", help="a server to compare, row by row")
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured window per row")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds before the window")
+    parser.add_argument("--rows", metavar="REGEX", help="only rows whose label matches")
+    parser.add_argument("--workers", type=int, choices=(1, 2), default=1, help="for ack rows")
+    parser.add_argument(
+        "--smoke", action="store_true", help="two tiny rows: --seconds 0.3 --warmup 0.1"
+    )
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.seconds <= 0 or args.warmup < 0:
+        parser.error("--seconds must be positive and --warmup not negative")
+    if args.smoke:
+        args.seconds, args.warmup = 0.3, 0.1
+    return args
+
+
+def interrupted(signum: int, frame: FrameType | None) -> None:
+    """Ctrl-C or SIGTERM: stop here, and let a second one not cut the cleanup short."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the rows, printing each as it is measured; return the exit status."""
+    rows = smoke_rows() if args.smoke else default_rows()
+    if args.rows:
+        rows = [row for row in rows if re.search(args.rows, row.label)]
+    contenders = [("ours", args.server)] + ([("theirs", args.against)] if args.against else [])
+    print_header([(who, server_argv(cmd, "{mode}")) for who, cmd in contenders], args)
+    failed = 0
+    for row in rows:
+        results: dict[str, Result] = {}
+        for who, command in contenders:
+            try:
+                results[who] = measure(row, server_argv(command, row.mode), args)
+                print(format_line(result_cells(row.label, who, results[who])), flush=True)
+            except RowFailed as failure:
+                failed += 1
+                print(f"{format_line([row.label, who])}  FAILED: {failure}", flush=True)
+        if len(results) == 2:
+            print(format_line(ratio_cells(results["ours"], results["theirs"])), flush=True)
+    if not rows:
+        print(f"no row matches {args.rows!r}", file=sys.stderr)
+    if failed:
+        print(f"{failed} row(s) FAILED", file=sys.stderr)
+    return 1 if failed or not rows else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line; run as the benchmark or as one of its workers."""
+    args = parse_args(argv)
+    if args.worker:
+        return worker_main()
+    signal.signal(signal.SIGINT, interrupted)
+    signal.signal(signal.SIGTERM, interrupted)
+    raise_file_limit(4096)  # 1,000 clients in one worker, and some to spare
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    finally:  # measure() stops its processes, unless a signal cut that short
+        for child in CHILDREN:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

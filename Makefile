@@ -31,11 +31,13 @@ fuzz: $(VENV)/installed
 	    test_transcripts.py -k generated_sessions || exit 1; \
 	done
 
-# Our server alone (about 45 s), or side by side with the asyncio peer when it is
-# there (about 90 s). Not part of `make test`, which runs only bench.py --smoke.
+# Side by side with the asyncio peer when it is there: each row three times, taking
+# turns, about two minutes; else our server alone, about 45 s. `make test` runs only
+# bench.py --smoke.
 PEER ?= ../shared/peers/asyncio_server.py
 bench:
-	if [ -f $(PEER) ]; then $(PYTHON) bench.py --against 'python $(PEER) {mode}'; \
+	if [ -f $(PEER) ]; then \
+	  $(PYTHON) bench.py --against 'python $(PEER) {mode}' --repeat 3 --seconds 1 --warmup 0.5; \
 	else $(PYTHON) bench.py; fi
 
 $(VENV)/installed: requirements-dev.txt

@@ -5,6 +5,7 @@
     python bench.py --smoke              # two tiny rows in about 2 s (for a test)
     python bench.py --against 'python ../shared/peers/asyncio_server.py {mode}'
     python bench.py --rows 'broadcast|memory' --seconds 5 --warmup 2
+    python bench.py --against '...' --repeat 3 --seconds 1 --warmup 0.5   # make bench
 
 Each row starts a fresh server (`--server CMD`, default `python select_server.py {mode}
 --quiet`, run from this file's folder with `--host 127.0.0.1 --port 0` appended; a leading
@@ -880,6 +881,12 @@ def result_cells(label: str, who: str, r: Result) -> list[str]:
     ]
 
 
+def median(results: list[Result]) -> Result:
+    """The result with the median server CPU per operation (the lower one of two)."""
+    ranked = sorted(results, key=lambda r: r.server_cpu / r.ops if r.ops else float("inf"))
+    return ranked[(len(ranked) - 1) // 2]
+
+
 def ratio_cells(ours: Result, theirs: Result) -> list[str]:
     """The ratio line: throughput ours/theirs, server CPU per op theirs/ours."""
     cells = ["", "ratio", "", "", "", "", "", "", "", "", ""]
@@ -916,6 +923,11 @@ def print_header(commands: list[tuple[str, list[str]]], args: argparse.Namespace
         f"window {args.seconds:g} s after {args.warmup:g} s of warm-up; a fresh, primed server "
         f"per row; load generator: {args.workers} process(es) for ack rows, 1 for the others"
     )
+    if args.repeat > 1:
+        print(
+            f"each row measured {args.repeat} times, the servers taking turns to go first; "
+            "shown: the median by srv us/op, and each pair's srv us/op ratio"
+        )
     print(
         "ops: ack = round trips; broadcast = 128-byte messages delivered (one message arriving "
         "at one client);\n     memory = connections opened (connect + one round trip)\n"
@@ -968,6 +980,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=3.0, help="measured window per row")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds before the window")
     parser.add_argument("--rows", metavar="REGEX", help="only rows whose label matches")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="measure each row this often; print the median"
+    )
     parser.add_argument("--workers", type=int, choices=(1, 2), default=1, help="for ack rows")
     parser.add_argument(
         "--smoke", action="store_true", help="two tiny rows: --seconds 0.3 --warmup 0.1"
@@ -976,6 +991,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.warmup < 0:
         parser.error("--seconds must be positive and --warmup not negative")
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     if args.smoke:
         args.seconds, args.warmup = 0.3, 0.1
     return args
@@ -997,16 +1014,29 @@ def run(args: argparse.Namespace) -> int:
     print_header([(who, server_argv(cmd, "{mode}")) for who, cmd in contenders], args)
     failed = 0
     for row in rows:
-        results: dict[str, Result] = {}
-        for who, command in contenders:
-            try:
-                results[who] = measure(row, server_argv(command, row.mode), args)
-                print(format_line(result_cells(row.label, who, results[who])), flush=True)
-            except RowFailed as failure:
+        results: dict[str, list[Result]] = {who: [] for who, _ in contenders}
+        failures: dict[str, str] = {}
+        for repeat in range(args.repeat):
+            # Take turns at going first, so that a drift of the machine favours no one.
+            for who, command in contenders[:: 1 if repeat % 2 == 0 else -1]:
+                if who in failures:
+                    continue
+                try:
+                    results[who].append(measure(row, server_argv(command, row.mode), args))
+                except RowFailed as failure:
+                    failures[who] = str(failure)
+        for who, _ in contenders:
+            if who in failures:
                 failed += 1
-                print(f"{format_line([row.label, who])}  FAILED: {failure}", flush=True)
-        if len(results) == 2:
-            print(format_line(ratio_cells(results["ours"], results["theirs"])), flush=True)
+                print(f"{format_line([row.label, who])}  FAILED: {failures[who]}", flush=True)
+            else:
+                print(format_line(result_cells(row.label, who, median(results[who]))), flush=True)
+        if len(contenders) == 2 and not failures:
+            ours, theirs = results["ours"], results["theirs"]
+            cells = ratio_cells(median(ours), median(theirs))
+            if args.repeat > 1:  # every pair's own ratio, to show the spread
+                cells[-1] = "pairs: " + " ".join(ratio_cells(o, t)[6] for o, t in zip(ours, theirs))
+            print(format_line(cells), flush=True)
     if not rows:
         print(f"no row matches {args.rows!r}", file=sys.stderr)
     if failed:

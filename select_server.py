@@ -28,12 +28,16 @@ RECV_SIZE = 65536
 # How many bytes of each chunk the log shows.
 LOG_PREVIEW = 32
 
-# select() cannot watch a descriptor numbered FD_SETSIZE (1024 on Linux and macOS) or
-# higher, and stdin, stdout, stderr, the listening socket and the wake-up pair take six.
+# select() cannot watch a descriptor numbered FD_SETSIZE or higher (1024 on Linux and
+# macOS). stdin, stdout, stderr, the listening socket and the wake-up pair take six below
+# it; a client whose socket still lands too high (files our parent left open) is turned away.
+FD_SETSIZE = 1024
 MOST_CLIENTS = 1000
 
-# accept() errors that mean "out of file descriptors or memory": wait for a client to leave.
+# accept() errors that mean "out of file descriptors or memory": wait for a client to
+# leave, or, with none connected to leave, try again after ACCEPT_RETRY seconds.
 OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+ACCEPT_RETRY = 1.0
 
 
 # ---------------------------------------------------------------- arguments
@@ -90,11 +94,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def log(message: str) -> None:
-    """Print one line at once: a buffered log is lost if we die, and a pipe sees nothing."""
+    """Print one line at once: a buffered log is lost if we die, and a pipe sees nothing.
+
+    A plain blocking write: a log reader that stops reading (a terminal paused with
+    Ctrl-S, `| less` left unscrolled) stops the server too, once the pipe is full.
+    """
     try:
         print(message, flush=True)
-    except BrokenPipeError:  # whoever read the log has gone (`| head`): serve on, silently
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError:  # the log's reader has gone (`| head`), or its disk is full
+        devnull = os.open(os.devnull, os.O_WRONLY)  # serve on, and log nowhere
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def host_port(address: tuple[str, int] | tuple[str, int, int, int]) -> str:
@@ -120,7 +130,8 @@ class Client:
         self.sock = sock
         self.name = name  # "127.0.0.1:54321", for the log
         self.outbox = bytearray()  # bytes owed to this client, oldest first
-        self.hung_up = False  # it sent EOF: close it once the outbox is empty
+        # It sent EOF: it gets what it is owed (nothing new), then it is closed.
+        self.hung_up = False
 
 
 # ---------------------------------------------------------------- the loop
@@ -129,7 +140,9 @@ class Client:
 class Server:
     """The listening socket, the clients, and the lists that select() watches."""
 
-    def __init__(self, listener: socket.socket, wakeup: socket.socket, args: argparse.Namespace):
+    def __init__(
+        self, listener: socket.socket, wakeup: socket.socket, args: argparse.Namespace
+    ) -> None:
         self.listener = listener
         self.wakeup = wakeup  # a signal writes a byte here, see install_signal_wakeup()
         self.mode: str = args.mode
@@ -139,6 +152,7 @@ class Server:
         self.grace: float = args.grace
         self.clients: dict[socket.socket, Client] = {}
         self.over_limit: dict[Client, float] = {}  # client -> when it went over max_buffer
+        self.accept_retry_at: float | None = None  # see stop_accepting()
         # Kept up to date as things happen, never rebuilt: a client joins or leaves,
         # starts or stops owing bytes. Only sockets that owe bytes are in outputs,
         # because a healthy socket is always writable and select() would never sleep.
@@ -153,7 +167,8 @@ class Server:
         the clients that have stayed over their limit for too long.
         """
         while True:
-            # No exceptional list: SO_OOBINLINE (see accept) makes urgent data ordinary.
+            # No exceptional list: SO_OOBINLINE (see open_listener) makes urgent data
+            # ordinary.
             readable, writable, _ = select.select(
                 self.sockets_to_read(), self.outputs, [], self.seconds_to_next_deadline()
             )
@@ -177,13 +192,17 @@ class Server:
                 if client is not None:  # None: dropped earlier in this round
                     self.write_to(client)
 
-            # 4. drop the clients that have stayed over their limit for too long
+            # 4. drop the clients that have stayed over their limit for too long (and, if
+            #    accept() ran out of resources with no client to leave, try it again)
             self.drop_stalled()
+            if self.accept_retry_at is not None and time.monotonic() >= self.accept_retry_at:
+                self.start_accepting()
 
     def sockets_to_read(self) -> list[socket.socket]:
         """inputs, less the clients that may not be read now (see may_read)."""
         if not self.over_limit:
             return self.inputs  # the usual case
+        # Sockets that are not clients (the listener, the wake-up socket) are always read.
         return [s for s in self.inputs if s not in self.clients or self.may_read(self.clients[s])]
 
     def may_read(self, client: Client) -> bool:
@@ -196,22 +215,32 @@ class Server:
             return True
         if self.mode == "ack":
             return client not in self.over_limit  # its ACKs go to itself alone
-        return not self.over_limit.keys() - {client}  # its chunks, for everyone else
+        # Its chunks go to every other client that has not hung up.
+        return all(other is client or other.hung_up for other in self.over_limit)
 
     def seconds_to_next_deadline(self) -> float | None:
-        """How long select() may sleep: until the first over-limit client's grace ends."""
-        if not self.over_limit:
-            return None  # no deadline: sleep until something happens
-        first = min(self.over_limit.values())
-        return max(0.0, first + self.grace - time.monotonic())
+        """How long select() may sleep: until the first over-limit client's grace ends,
+        or until it is time to try accept() again; None: until something happens."""
+        deadlines = [since + self.grace for since in self.over_limit.values()]
+        if self.accept_retry_at is not None:
+            deadlines.append(self.accept_retry_at)
+        if not deadlines:
+            return None  # the usual case: an idle server sleeps
+        return max(0.0, min(deadlines) - time.monotonic())
 
     def drop_stalled(self) -> None:
         """Drop the clients that have been owed more than max_buffer for over the grace."""
         now = time.monotonic()
         for client, since in list(self.over_limit.items()):
-            if now - since >= self.grace:
-                why = f"owed over {self.max_buffer} bytes for {self.grace} s, not reading"
-                self.drop(client, why)
+            if now - since < self.grace:
+                continue
+            # One last try first: a client that reads slowly may have made room that
+            # select() has not reported yet (it says "writable" only once a third of the
+            # socket's buffer is free, and that buffer can be megabytes).
+            self.write_to(client)
+            if client in self.over_limit:  # still over (and not dropped by the write)
+                why = f"owed over {self.max_buffer} bytes for {self.grace} s"
+                self.drop(client, f"{why}: not reading, or too slowly")
 
     # ------------------------------------------------------------ handlers
 
@@ -231,32 +260,45 @@ class Server:
                 else:
                     log(f"accept() failed: {error}")
                 return
+            if sock.fileno() >= FD_SETSIZE:  # select() would fail on it, and on every round
+                why = f"descriptor {sock.fileno()} is past FD_SETSIZE"
+                sock.close()
+                self.stop_accepting(why)
+                return
             self.add_client(sock, host_port(address))
         self.stop_accepting(f"{self.max_clients} clients, the most allowed")
 
     def add_client(self, sock: socket.socket, name: str) -> None:
         """Set up a new client's socket, and add it to clients and inputs."""
         sock.setblocking(False)  # a send or recv must never stop the whole loop
-        # Urgent (MSG_OOB) bytes arrive inline as ordinary data, so no socket ever
-        # sits in select()'s exceptional list waiting for a read that never comes.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
         client = Client(sock, name)
         self.clients[sock] = client
         self.inputs.append(sock)
         log(f"{client.name} connected ({len(self.clients)} online)")
 
     def stop_accepting(self, why: str) -> None:
-        """Stop watching the listening socket: new clients wait in the kernel's queue.
+        """Stop watching the listening socket: new clients wait in the kernel's queue
+        until a client leaves (or, with none connected, for ACCEPT_RETRY seconds).
 
         A listening socket with a client waiting stays readable, so a loop that kept
-        watching it while accept() could not succeed would spin. If no client is left
-        to leave (only a machine out of files or memory gets here so), it waits for ever.
+        watching it while accept() could not succeed would spin.
         """
         self.inputs.remove(self.listener)
-        log(f"not accepting new clients until one leaves: {why}")
+        if self.clients:
+            log(f"not accepting new clients until one leaves: {why}")
+        else:  # no one can leave to make room: try again in a while
+            self.accept_retry_at = time.monotonic() + ACCEPT_RETRY
+            log(f"not accepting new clients for {ACCEPT_RETRY} s: {why}")
+
+    def start_accepting(self) -> None:
+        """Watch the listening socket again."""
+        self.inputs.append(self.listener)
+        self.accept_retry_at = None
+        log("accepting new clients again")
 
     def read_from(self, client: Client) -> None:
-        """Read one chunk from client and send what it earns: an ACK, or a relay."""
+        """Read one chunk from client and send what it earns: an ACK, or a relay.
+        A client whose recv() fails is dropped; one that sent EOF has hung up."""
         try:
             data = client.sock.recv(RECV_SIZE)
         except BlockingIOError:
@@ -283,10 +325,13 @@ class Server:
         self.inputs.remove(client.sock)
         if not client.outbox:
             self.drop(client, "closed by client")
+        else:
+            log(f"{client.name} hung up; first it gets the {len(client.outbox)} bytes it is owed")
 
     def send(self, client: Client, data: bytes) -> None:
         """Send data to client now if nothing is ahead of it (the socket almost always
-        takes it all); whatever the socket does not take waits in client's outbox."""
+        takes it all); whatever the socket does not take waits in client's outbox, which
+        joins outputs, and may put the client over its limit. A failed send drops it."""
         if not client.outbox:
             sent = self.send_some(client, data)
             if sent is None or sent == len(data):
@@ -298,7 +343,8 @@ class Server:
             self.over_limit[client] = time.monotonic()
 
     def write_to(self, client: Client) -> None:
-        """The socket is writable: send it as much of its outbox as it takes now."""
+        """Send client as much of its outbox as its socket takes now; an emptied outbox
+        leaves outputs (and closes a client that hung up). A failed send drops it."""
         sent = self.send_some(client, client.outbox)
         if sent is None:
             return
@@ -332,8 +378,7 @@ class Server:
         client.sock.close()
         log(f"{client.name} disconnected: {reason}")
         if self.listener not in self.inputs:  # there is room again
-            self.inputs.append(self.listener)
-            log("accepting new clients again")
+            self.start_accepting()
 
     def close_all(self) -> None:
         """Close every client and the listening socket, without sending what is owed."""
@@ -354,6 +399,10 @@ def open_listener(host: str, port: int) -> socket.socket:
     # Without SO_REUSEADDR a restart fails with "Address already in use" for as long
     # as the last run's connections linger in TIME_WAIT (a minute or more).
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Urgent (MSG_OOB) bytes arrive inline as ordinary data, so no socket ever sits in
+    # select()'s exceptional list. Set here, every accepted socket inherits it, even one
+    # whose urgent bytes arrive while it waits to be accepted.
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
     listener.bind(address)
     listener.listen(socket.SOMAXCONN)  # the kernel queues this many not yet accepted
     listener.setblocking(False)  # a client that connects and resets can't block accept()
@@ -387,12 +436,13 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, UnicodeError) as error:  # in use, no permission, no such host
         print(f"cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
         return 1
-    wakeup, wakeup_writer = install_signal_wakeup()  # before anyone can see us listening
+    wakeup, wakeup_writer = install_signal_wakeup()  # before we announce the port
     server = Server(listener, wakeup, args)
     log(f"listening on {host_port(listener.getsockname())} ({args.mode} mode)")
     signal_name = server.serve()
     log(f"{signal_name}: closing {len(server.clients)} clients and exiting")
     server.close_all()
+    signal.set_wakeup_fd(-1)  # before closing it: a late signal must not write elsewhere
     wakeup.close()
     wakeup_writer.close()
     return 0

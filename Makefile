@@ -1,4 +1,5 @@
-# `make test` needs nothing but python3 (3.8 or newer) on PATH: it builds .venv itself.
+# `make test` needs nothing but python3 (3.11 or newer, for the pinned test tools; the
+# server itself runs on 3.8) on PATH: it builds .venv itself.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

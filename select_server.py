@@ -221,11 +221,11 @@ class Server:
     def seconds_to_next_deadline(self) -> float | None:
         """How long select() may sleep: until the first over-limit client's grace ends,
         or until it is time to try accept() again; None: until something happens."""
+        if not self.over_limit and self.accept_retry_at is None:
+            return None  # the usual case: sleep until something happens
         deadlines = [since + self.grace for since in self.over_limit.values()]
         if self.accept_retry_at is not None:
             deadlines.append(self.accept_retry_at)
-        if not deadlines:
-            return None  # the usual case: an idle server sleeps
         return max(0.0, min(deadlines) - time.monotonic())
 
     def drop_stalled(self) -> None:

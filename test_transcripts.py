@@ -253,6 +253,15 @@ class ServerProcess:
             self.child.proc.wait(timeout=WAIT)
 
 
+def patched_server(patch: str) -> list[str]:
+    """A command that runs the server after patch, Python code that changes the module
+    select_server first: how a test shrinks the machine around the server, or breaks
+    the server on purpose to show that a test can fail."""
+    lines = ["import sys", f"sys.path.insert(0, {str(HERE)!r})", "import select_server"]
+    code = "\n".join([*lines, patch, "sys.exit(select_server.main(sys.argv[1:]))"])
+    return [sys.executable, "-c", code]
+
+
 # ---------------------------------------------------------------- clients
 
 
@@ -773,17 +782,14 @@ def test_unknown_host_gives_one_line_and_status_1(host: str) -> None:
 
 # A server that signals itself the moment it has announced its port, before it reaches
 # select(): whatever a test does next, it would be later than that.
-SIGNAL_ON_ANNOUNCE = f"""
-import os, signal, sys
-sys.path.insert(0, {str(HERE)!r})
-import select_server
+SIGNAL_ON_ANNOUNCE = """
+import os, signal
 log = select_server.log
 def log_then_signal(message):
     log(message)
     if message.startswith("listening on"):
         os.kill(os.getpid(), getattr(signal, os.environ["ANNOUNCE_SIGNAL"]))
 select_server.log = log_then_signal
-sys.exit(select_server.main(sys.argv[1:]))
 """
 
 
@@ -791,7 +797,7 @@ sys.exit(select_server.main(sys.argv[1:]))
 def test_signal_right_after_listening_exits_cleanly(sig: signal.Signals) -> None:
     """The handlers are in place before the server says it listens: a signal that
     arrives the moment the line is out closes everything, logs one line and exits 0."""
-    command = [sys.executable, "-c", SIGNAL_ON_ANNOUNCE, "broadcast", "--port", "0"]
+    command = [*patched_server(SIGNAL_ON_ANNOUNCE), "broadcast", "--port", "0"]
     environment = {**os.environ, "ANNOUNCE_SIGNAL": sig.name}
     result = subprocess.run(command, capture_output=True, text=True, timeout=WAIT, env=environment)
     assert result.returncode == 0, result.stderr
@@ -1217,17 +1223,14 @@ def test_flood_drops_the_non_reader_and_keeps_the_slow_reader() -> None:
 # A server whose client sockets have a 4 KiB kernel send buffer (Linux copies the
 # listening socket's into every accepted one). Otherwise the kernel would first absorb
 # about a million 3-byte ACKs into its own 4 MiB before the server owed anything.
-SMALL_SEND_BUFFER = f"""
-import socket, sys
-sys.path.insert(0, {str(HERE)!r})
-import select_server
+SMALL_SEND_BUFFER = """
+import socket
 open_listener = select_server.open_listener
 def with_small_send_buffer(host, port):
     listener = open_listener(host, port)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     return listener
 select_server.open_listener = with_small_send_buffer
-sys.exit(select_server.main(sys.argv[1:]))
 """
 
 
@@ -1241,7 +1244,7 @@ def test_ack_client_that_never_reads_its_acks_is_dropped_alone() -> None:
         "--quiet",
         "--max-buffer",
         "3000",
-        program=[sys.executable, "-c", SMALL_SEND_BUFFER],
+        program=patched_server(SMALL_SEND_BUFFER),
     )
     try:
         flooder = connect(server, receive_buffer=2048)
@@ -1524,12 +1527,9 @@ def test_urgent_data_sent_before_accept_is_kept() -> None:
 
 # A server started with 1,010 files already open, as a careless parent might leave them:
 # its own sockets land just under FD_SETSIZE, with room for a few clients.
-MANY_OPEN_FILES = f"""
-import os, sys
-sys.path.insert(0, {str(HERE)!r})
-import select_server
+MANY_OPEN_FILES = """
+import os
 inherited = [os.open(os.devnull, os.O_RDONLY) for _ in range(1010)]
-sys.exit(select_server.main(sys.argv[1:]))
 """
 
 
@@ -1538,7 +1538,7 @@ def test_client_past_fd_setsize_is_turned_away_not_a_crash() -> None:
     """A client whose socket would be numbered FD_SETSIZE (1024) or more, which select()
     cannot watch, is closed and the server stops accepting, instead of crashing with
     'filedescriptor out of range in select()'; when a client leaves, it accepts again."""
-    program = [sys.executable, "-c", MANY_OPEN_FILES]
+    program = patched_server(MANY_OPEN_FILES)
     server = ServerProcess("ack", "--quiet", program=program, preexec_fn=nofile_limit(2048))
     clients: list[socket.socket] = []
     try:
@@ -1609,13 +1609,9 @@ def test_bench_smoke_run_prints_rows_and_checks_every_byte() -> None:
 
 
 # A server whose relay reverses every chunk: the bytes arrive, but not the right ones.
-REVERSING_RELAY = f"""
-import sys
-sys.path.insert(0, {str(HERE)!r})
-import select_server
+REVERSING_RELAY = """
 send = select_server.Server.send
 select_server.Server.send = lambda server, client, data: send(server, client, data[::-1])
-sys.exit(select_server.main(sys.argv[1:]))
 """
 
 
@@ -1623,7 +1619,7 @@ sys.exit(select_server.main(sys.argv[1:]))
 def test_bench_smoke_run_fails_when_relayed_bytes_are_wrong() -> None:
     """The benchmark's byte check can fail: against a relay that reverses every chunk,
     the broadcast row says FAILED and the exit status is 1."""
-    result = run_bench("--server", f"python -c {shlex.quote(REVERSING_RELAY)} {{mode}} --quiet")
+    result = run_bench("--server", shlex.join(patched_server(REVERSING_RELAY)) + " {mode} --quiet")
     assert result.returncode == 1, result.stdout + result.stderr
     assert re.search(r"^broadcast 3x1 +ours +FAILED", result.stdout, re.M), result.stdout
 

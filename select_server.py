@@ -230,6 +230,8 @@ class Server:
 
     def drop_stalled(self) -> None:
         """Drop the clients that have been owed more than max_buffer for over the grace."""
+        if not self.over_limit:
+            return  # the usual case
         now = time.monotonic()
         for client, since in list(self.over_limit.items()):
             if now - since < self.grace:

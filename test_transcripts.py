@@ -179,6 +179,7 @@ class ServerProcess:
         preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         self.output = io.StringIO()  # everything the server printed, for failures
+        self.sockets: list[socket.socket] = []  # opened by connect(); closed by kill()
         program = program or [python, str(SERVER)]
         command = [*program, mode, "--host", host, "--port", str(port), *extra_args]
         # Without PYTHONUNBUFFERED (set on some machines), a print() to a pipe that the
@@ -247,7 +248,10 @@ class ServerProcess:
         return last
 
     def kill(self) -> None:
-        """Make sure the process is gone (after a failed test)."""
+        """Make sure the process is gone, and the client sockets of connect() closed
+        (every test calls this last, passed or failed)."""
+        for sock in self.sockets:
+            sock.close()
         if self.child.proc.poll() is None:
             self.child.proc.kill()
             self.child.proc.wait(timeout=WAIT)
@@ -856,15 +860,22 @@ def test_server_outlives_the_reader_of_its_log() -> None:
         match = LISTENING.search(server.stdout.readline())
         assert match is not None
         server.stdout.close()  # the log's reader is gone
-        with socket.create_connection(("127.0.0.1", int(match["port"])), timeout=WAIT) as sock:
-            sock.sendall(b"anyone reading?")  # both lines this logs hit the closed pipe
-            assert sock.recv(3) == b"ACK"
-        server.send_signal(signal.SIGINT)
-        _, errors = server.communicate(timeout=WAIT)
-        assert server.returncode == 0
-        assert errors == ""
+        sock = socket.create_connection(("127.0.0.1", int(match["port"])), timeout=WAIT)
+        assert_serves_then_exits_cleanly(server, sock)
     finally:
         server.kill()
+
+
+def assert_serves_then_exits_cleanly(server: subprocess.Popen[str], sock: socket.socket) -> None:
+    """An ack round trip on sock (logging it fails on the server's side), then SIGINT:
+    exit status 0, and nothing on stderr."""
+    with sock:
+        sock.sendall(b"anyone logging?")
+        assert sock.recv(3) == b"ACK"
+    server.send_signal(signal.SIGINT)
+    _, errors = server.communicate(timeout=WAIT)
+    assert server.returncode == 0
+    assert errors == ""
 
 
 @linux_only
@@ -885,13 +896,7 @@ def test_server_outlives_a_full_disk_for_its_log() -> None:
             except ConnectionRefusedError:
                 assert time.monotonic() < deadline, "the server never listened"
                 time.sleep(0.01)
-        with sock:
-            sock.sendall(b"anyone logging?")
-            assert sock.recv(3) == b"ACK"
-        server.send_signal(signal.SIGINT)
-        _, errors = server.communicate(timeout=WAIT)
-        assert server.returncode == 0
-        assert errors == ""
+        assert_serves_then_exits_cleanly(server, sock)
     finally:
         server.kill()
 
@@ -1051,10 +1056,12 @@ def receive_until_eof(sock: socket.socket, timeout: float = WAIT) -> bytes:
 
 
 def connect(server: ServerProcess, receive_buffer: int = 0) -> socket.socket:
-    """A plain client socket, connected, with bounded blocking calls."""
+    """A plain client socket, connected, with bounded blocking calls; the server's kill()
+    closes it."""
     sock = socket.socket(server_family(server))
     if receive_buffer:  # before connect(), so that the window it advertises is small
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    server.sockets.append(sock)  # server.kill() closes it, whatever the test's outcome
     sock.settimeout(WAIT)
     sock.connect((server.host, server.port))
     return sock
@@ -1306,7 +1313,6 @@ def test_more_clients_than_select_can_watch_wait_their_turn() -> None:
     kernel's queue without crashing, and serves them once others leave."""
     raise_own_nofile_limit(1200)
     server = ServerProcess("ack", "--quiet", preexec_fn=nofile_limit(4096))
-    clients: list[socket.socket] = []
     try:
         clients = [connect(server) for _ in range(1100)]
         for _ in range(1000):
@@ -1320,11 +1326,8 @@ def test_more_clients_than_select_can_watch_wait_their_turn() -> None:
         for sock in clients[:100]:
             sock.close()
         assert last.recv(16) == b"ACK"
-        clients = clients[100:]
         server.stop()
     finally:
-        for sock in clients:
-            sock.close()
         server.kill()
 
 
@@ -1334,13 +1337,12 @@ def test_out_of_file_descriptors_waits_without_spinning() -> None:
     the server says so once, uses next to no CPU while saturated, and accepts again
     when a client leaves."""
     server = ServerProcess("ack", "--quiet", preexec_fn=nofile_limit(64))
-    clients: list[socket.socket] = []
     try:
         clients = [connect(server) for _ in range(100)]
         server.expect_line(r"not accepting new clients until one leaves: .*Too many open files")
         assert idle_cpu_seconds(server) < 0.05
         assert not [line for line in server.new_lines() if "not accepting" in line]  # said once
-        first = clients.pop(0)
+        first = clients[0]
         first.sendall(b"served")
         assert first.recv(16) == b"ACK"
         first.close()
@@ -1348,8 +1350,6 @@ def test_out_of_file_descriptors_waits_without_spinning() -> None:
         server.expect_line("connected")
         server.stop()
     finally:
-        for sock in clients:
-            sock.close()
         server.kill()
 
 
@@ -1421,7 +1421,6 @@ def test_idle_server_with_a_hundred_silent_clients_uses_no_cpu() -> None:
         for _ in socks:
             server.expect_line("connected")
         assert idle_cpu_seconds(server) < 0.05
-        del socks
         server.stop()
     finally:
         server.kill()
@@ -1540,10 +1539,8 @@ def test_client_past_fd_setsize_is_turned_away_not_a_crash() -> None:
     'filedescriptor out of range in select()'; when a client leaves, it accepts again."""
     program = patched_server(MANY_OPEN_FILES)
     server = ServerProcess("ack", "--quiet", program=program, preexec_fn=nofile_limit(2048))
-    clients: list[socket.socket] = []
     try:
-        for _ in range(12):
-            clients.append(connect(server))
+        clients = [connect(server) for _ in range(12)]
         server.expect_line(r"not accepting new clients until one leaves: descriptor 1024 is")
         served = clients[0]
         served.sendall(b"still serving")
@@ -1553,8 +1550,6 @@ def test_client_past_fd_setsize_is_turned_away_not_a_crash() -> None:
         server.expect_line("connected")  # a waiting client took the freed place
         server.stop()
     finally:
-        for sock in clients:
-            sock.close()
         server.kill()
 
 

@@ -4,7 +4,8 @@
     python select_server.py ack        # answer every chunk a client sends with b"ACK"
     python select_server.py broadcast  # relay every chunk to every *other* client
 
-Try it with `nc localhost 8000` in two terminals. Standard library only, CPython 3.8+.
+Try it with `nc 127.0.0.1 8000` in two terminals. Standard library only, CPython 3.8+,
+on Linux, macOS and Windows.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 from types import FrameType
 
 # ---------------------------------------------------------------- settings
@@ -28,16 +30,28 @@ RECV_SIZE = 65536
 # How many bytes of each chunk the log shows.
 LOG_PREVIEW = 32
 
-# select() cannot watch a descriptor numbered FD_SETSIZE or higher (1024 on Linux and
-# macOS). stdin, stdout, stderr, the listening socket and the wake-up pair take six below
-# it; a client whose socket still lands too high (files our parent left open) is turned away.
+ACK = b"ACK"
+
+# select() has a different limit on each OS (CPython's Modules/selectmodule.c). Linux and
+# macOS: no descriptor numbered FD_SETSIZE (1024) or more, so a client whose socket lands
+# that high (files our parent left open) is turned away. Windows: descriptors are handles
+# and any number will do, but a list holds at most 512 sockets: inputs is the listening
+# socket, the wake-up socket and every client, so 510 clients at most.
+WINDOWS = sys.platform == "win32"
 FD_SETSIZE = 1024
-MOST_CLIENTS = 1000
+MOST_CLIENTS = 510 if WINDOWS else 1000
 
 # accept() errors that mean "out of file descriptors or memory": wait for a client to
 # leave, or, with none connected to leave, try again after ACCEPT_RETRY seconds.
-OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+# (Windows' WSAEMFILE, 10024, became errno.EMFILE only in CPython 3.11.)
+OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, 10024}
 ACCEPT_RETRY = 1.0
+
+# The signals that stop the server: Ctrl-C, `kill`, and Ctrl-Break on Windows (where
+# SIGTERM cannot be caught: os.kill() ends the process there and then).
+STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM]
+if hasattr(signal, "SIGBREAK"):
+    STOP_SIGNALS.append(signal.SIGBREAK)
 
 
 # ---------------------------------------------------------------- arguments
@@ -54,7 +68,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=["ack", "broadcast"],
         help='ack: answer every chunk with b"ACK"; broadcast: relay it to every other client',
     )
-    parser.add_argument("--host", default="localhost", help="address to listen on")
+    # Not "localhost": it is ::1 first on macOS and 127.0.0.1 first on Linux.
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on; '' for all")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     parser.add_argument("--quiet", action="store_true", help="don't log every chunk received")
     parser.add_argument(
@@ -69,24 +84,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=1024 * 1024,
         metavar="BYTES",
-        help="bytes one client may be owed; while it is owed more, what feeds it is not read",
+        help="broadcast: while a client is owed more than BYTES, the others are not read",
     )
     parser.add_argument(
         "--grace",
         type=float,
         default=2.0,
         metavar="SECONDS",
-        help="seconds a client may stay over --max-buffer before it is dropped",
+        help="a client owed bytes must take half of --max-buffer (or all it is owed) "
+        "every SECONDS, or it is dropped",
     )
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error("--port must be between 0 and 65535")
     if not 1 <= args.max_clients <= MOST_CLIENTS:
         parser.error(f"--max-clients must be between 1 and {MOST_CLIENTS}")
-    if args.max_buffer < 1:
-        parser.error("--max-buffer must be at least 1")
-    if not 0 <= args.grace <= 3600:
-        parser.error("--grace must be between 0 and 3600 seconds")
+    if args.max_buffer < 2:
+        parser.error("--max-buffer must be at least 2")
+    if not 0 < args.grace <= 3600:
+        parser.error("--grace must be more than 0 and at most 3600 seconds")
     return args
 
 
@@ -120,6 +136,15 @@ def describe(data: bytes) -> str:
     return f"{data[:LOG_PREVIEW]!r}... ({len(data)} bytes)"
 
 
+def why(error: OSError) -> str:
+    """Say why a connection failed in words that are the same on every OS (the error's own
+    text is "[Errno 104] ..." on Linux, "[Errno 54] ..." on macOS, "[WinError 10054] ..."
+    in the local language on Windows)."""
+    if isinstance(error, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
+        return "connection reset"
+    return errno.errorcode.get(error.errno or 0, type(error).__name__)
+
+
 # ---------------------------------------------------------------- per-client state
 
 
@@ -128,10 +153,22 @@ class Client:
 
     def __init__(self, sock: socket.socket, name: str) -> None:
         self.sock = sock
+        self.fd = sock.fileno()  # what select() is given: asking a socket costs a call
         self.name = name  # "127.0.0.1:54321", for the log
-        self.outbox = bytearray()  # bytes owed to this client, oldest first
-        # It sent EOF: it gets what it is owed (nothing new), then it is closed.
-        self.hung_up = False
+        # Bytes owed, oldest first: the very objects recv() returned, shared by every client
+        # they are owed to (a partly sent one is a memoryview of the rest: no copy either).
+        self.outbox: deque[bytes | memoryview] = deque()
+        self.owed = 0  # bytes in outbox
+        self.deadline: float | None = None  # while owed: when it must have taken enough
+        self.taken = 0  # bytes it took since its deadline was set
+        self.reading = True  # until it sends EOF or its connection fails
+        self.writing = True  # until a send() to it fails
+        self.trouble = ""  # the first thing that went wrong, for the log
+
+    @property
+    def takes_new_bytes(self) -> bool:
+        """A client that hung up (EOF) gets what it was owed then, and nothing new."""
+        return self.reading and self.writing
 
 
 # ---------------------------------------------------------------- the loop
@@ -148,23 +185,26 @@ class Server:
         self.mode: str = args.mode
         self.quiet: bool = args.quiet
         self.max_clients: int = args.max_clients
-        self.max_buffer: int = args.max_buffer
+        # ack: a client's bytes earn ACKs for itself alone, so it is not read while any
+        # ACK of its own still waits: what it is owed never grows past one ACK.
+        self.limit: int = args.max_buffer if self.mode == "broadcast" else 0
+        self.must_take: int = args.max_buffer // 2
         self.grace: float = args.grace
-        self.clients: dict[socket.socket, Client] = {}
-        self.over_limit: dict[Client, float] = {}  # client -> when it went over max_buffer
+        self.clients: dict[int, Client] = {}  # by descriptor number
         self.accept_retry_at: float | None = None  # see stop_accepting()
-        # Kept up to date as things happen, never rebuilt: a client joins or leaves,
-        # starts or stops owing bytes. Only sockets that owe bytes are in outputs,
-        # because a healthy socket is always writable and select() would never sleep.
-        self.inputs: list[socket.socket] = [listener, wakeup]
-        self.outputs: list[socket.socket] = []
+        # Descriptor numbers, kept up to date as things happen, never rebuilt: a client
+        # joins or leaves, starts or stops owing bytes. Only clients that are owed bytes
+        # are in outputs, because a healthy socket is always writable and select() would
+        # never sleep.
+        self.inputs: list[int] = [listener.fileno(), wakeup.fileno()]
+        self.outputs: list[int] = []
 
     def serve(self) -> str:
         """Run the select() loop until a signal arrives; return the signal's name.
 
-        Each round: 1. accept new clients, 2. read what clients sent and answer or relay
-        it, 3. write what clients are still owed to sockets that can take it now, 4. drop
-        the clients that have stayed over their limit for too long.
+        Each round: 1. accept new clients, 2. read one chunk from every client that sent
+        something, 3. answer or relay what was read, and write what clients are still
+        owed to sockets that can take it now, 4. drop the clients that took too little.
         """
         while True:
             # No exceptional list: SO_OOBINLINE (see open_listener) makes urgent data
@@ -172,77 +212,84 @@ class Server:
             readable, writable, _ = select.select(
                 self.sockets_to_read(), self.outputs, [], self.seconds_to_next_deadline()
             )
-            if self.wakeup in readable:
+            if self.wakeup.fileno() in readable:
                 return signal.Signals(self.wakeup.recv(1)[0]).name
 
             # 1. accept new clients
-            if self.listener in readable:
+            if self.listener.fileno() in readable:
                 self.accept()
 
-            # 2. read what clients sent, and answer or relay it (asking may_read() each
-            #    time: a read earlier in this round may have put a client over its limit)
-            for sock in readable:
-                client = self.clients.get(sock)
-                if client is not None and self.may_read(client):
-                    self.read_from(client)
+            # 2. read one chunk from every client that sent something
+            chunks = []
+            for fd in readable:
+                client = self.clients.get(fd)  # None: the listener or the wake-up socket
+                if client is not None and (data := self.read_from(client)):
+                    chunks.append((client, data))
 
-            # 3. write what clients are still owed, to sockets select() found writable
-            for sock in writable:
-                client = self.clients.get(sock)
+            # 3. answer or relay what was read (each client is sent its share at once if
+            #    nothing is queued ahead of it), then write what clients are still owed
+            if self.mode == "ack":
+                for client, _ in chunks:
+                    self.owe(client, ACK)
+            else:
+                self.relay(chunks)
+            for fd in writable:
+                client = self.clients.get(fd)
                 if client is not None:  # None: dropped earlier in this round
                     self.write_to(client)
 
-            # 4. drop the clients that have stayed over their limit for too long (and, if
+            # 4. drop the clients that took too little of what they are owed (and, if
             #    accept() ran out of resources with no client to leave, try it again)
-            self.drop_stalled()
+            self.drop_the_too_slow()
             if self.accept_retry_at is not None and time.monotonic() >= self.accept_retry_at:
                 self.start_accepting()
 
-    def sockets_to_read(self) -> list[socket.socket]:
-        """inputs, less the clients that may not be read now (see may_read)."""
-        if not self.over_limit:
-            return self.inputs  # the usual case
-        # Sockets that are not clients (the listener, the wake-up socket) are always read.
-        return [s for s in self.inputs if s not in self.clients or self.may_read(self.clients[s])]
-
-    def may_read(self, client: Client) -> bool:
-        """False while a client that this one's bytes would go to is owed too much.
+    def sockets_to_read(self) -> list[int]:
+        """inputs, less the clients whose bytes would go to a client owed over the limit.
 
         Not reading a sender lets TCP flow control slow it down, instead of our memory
         growing: what it sends waits in the kernel's buffers, and then in the sender.
         """
-        if not self.over_limit:
-            return True
-        if self.mode == "ack":
-            return client not in self.over_limit  # its ACKs go to itself alone
-        # Its chunks go to every other client that has not hung up.
-        return all(other is client or other.hung_up for other in self.over_limit)
+        full = {fd for fd in self.outputs if self.clients[fd].owed > self.limit}
+        full = {fd for fd in full if self.clients[fd].takes_new_bytes}
+        if not full:
+            return self.inputs  # the usual case
+        if self.mode == "ack":  # each client feeds itself alone
+            return [fd for fd in self.inputs if fd not in full]
+        # broadcast: every client feeds every other, so a full one stops all the others
+        # (the listening and wake-up sockets are always read)
+        return [fd for fd in self.inputs if fd not in self.clients or {fd} == full]
 
     def seconds_to_next_deadline(self) -> float | None:
-        """How long select() may sleep: until the first over-limit client's grace ends,
-        or until it is time to try accept() again; None: until something happens."""
-        if not self.over_limit and self.accept_retry_at is None:
+        """How long select() may sleep: until the first owed client's deadline, or until
+        it is time to try accept() again; None: until something happens."""
+        if not self.outputs and self.accept_retry_at is None:
             return None  # the usual case: sleep until something happens
-        deadlines = [since + self.grace for since in self.over_limit.values()]
-        if self.accept_retry_at is not None:
-            deadlines.append(self.accept_retry_at)
-        return max(0.0, min(deadlines) - time.monotonic())
+        deadlines = [self.clients[fd].deadline for fd in self.outputs]
+        deadlines.append(self.accept_retry_at)
+        soonest = min((d for d in deadlines if d is not None), default=None)
+        return None if soonest is None else max(0.0, soonest - time.monotonic())
 
-    def drop_stalled(self) -> None:
-        """Drop the clients that have been owed more than max_buffer for over the grace."""
-        if not self.over_limit:
+    def drop_the_too_slow(self) -> None:
+        """Check the clients whose deadline has come: each must have taken half of
+        --max-buffer since it was set (or all it was owed); if so, it gets another grace."""
+        if not self.outputs:
             return  # the usual case
         now = time.monotonic()
-        for client, since in list(self.over_limit.items()):
-            if now - since < self.grace:
+        for fd in list(self.outputs):
+            client = self.clients[fd]
+            if client.deadline is None or now < client.deadline:
                 continue
             # One last try first: a client that reads slowly may have made room that
-            # select() has not reported yet (it says "writable" only once a third of the
-            # socket's buffer is free, and that buffer can be megabytes).
+            # select() has not reported yet (it says "writable" only once a good part of
+            # the socket's buffer is free, and that buffer can be megabytes).
             self.write_to(client)
-            if client in self.over_limit:  # still over (and not dropped by the write)
-                why = f"owed over {self.max_buffer} bytes for {self.grace} s"
-                self.drop(client, f"{why}: not reading, or too slowly")
+            if client.deadline is None or client.fd not in self.clients:
+                continue  # it took all it was owed, or it was dropped meanwhile
+            if client.taken >= self.must_take:
+                client.deadline, client.taken = now + self.grace, 0
+            else:
+                self.drop(client, f"too slow: still owed {client.owed} bytes after {self.grace} s")
 
     # ------------------------------------------------------------ handlers
 
@@ -253,7 +300,7 @@ class Server:
                 sock, address = self.listener.accept()
             except BlockingIOError:
                 return  # no one else is waiting
-            except ConnectionAbortedError:
+            except (ConnectionAbortedError, ConnectionResetError):  # Linux, Windows
                 log("a client left before it was accepted")
                 continue
             except OSError as error:
@@ -262,10 +309,10 @@ class Server:
                 else:
                     log(f"accept() failed: {error}")
                 return
-            if sock.fileno() >= FD_SETSIZE:  # select() would fail on it, and on every round
-                why = f"descriptor {sock.fileno()} is past FD_SETSIZE"
+            if not WINDOWS and sock.fileno() >= FD_SETSIZE:  # select() would fail on it
+                reason = f"descriptor {sock.fileno()} is past FD_SETSIZE"
                 sock.close()
-                self.stop_accepting(why)
+                self.stop_accepting(reason)
                 return
             self.add_client(sock, host_port(address))
         self.stop_accepting(f"{self.max_clients} clients, the most allowed")
@@ -273,9 +320,12 @@ class Server:
     def add_client(self, sock: socket.socket, name: str) -> None:
         """Set up a new client's socket, and add it to clients and inputs."""
         sock.setblocking(False)  # a send or recv must never stop the whole loop
+        # Send small chunks at once: without this, the kernel holds a small send back
+        # until the previous one is acknowledged (Nagle's algorithm), and the loop waits.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client = Client(sock, name)
-        self.clients[sock] = client
-        self.inputs.append(sock)
+        self.clients[client.fd] = client
+        self.inputs.append(client.fd)
         log(f"{client.name} connected ({len(self.clients)} online)")
 
     def stop_accepting(self, why: str) -> None:
@@ -285,7 +335,7 @@ class Server:
         A listening socket with a client waiting stays readable, so a loop that kept
         watching it while accept() could not succeed would spin.
         """
-        self.inputs.remove(self.listener)
+        self.inputs.remove(self.listener.fileno())
         if self.clients:
             log(f"not accepting new clients until one leaves: {why}")
         else:  # no one can leave to make room: try again in a while
@@ -294,92 +344,121 @@ class Server:
 
     def start_accepting(self) -> None:
         """Watch the listening socket again."""
-        self.inputs.append(self.listener)
+        self.inputs.append(self.listener.fileno())
         self.accept_retry_at = None
         log("accepting new clients again")
 
-    def read_from(self, client: Client) -> None:
-        """Read one chunk from client and send what it earns: an ACK, or a relay.
-        A client whose recv() fails is dropped; one that sent EOF has hung up."""
+    def read_from(self, client: Client) -> bytes:
+        """Read one chunk from client and return it (b"" if there was none). A client that
+        sent EOF has hung up; one whose connection failed is dropped."""
         try:
             data = client.sock.recv(RECV_SIZE)
         except BlockingIOError:
-            return  # nothing to read after all; select() will tell us again
+            return b""  # nothing to read after all; select() will tell us again
         except OSError as error:  # e.g. ConnectionResetError: the client sent a reset
-            self.drop(client, str(error))
-            return
+            self.drop(client, client.trouble or why(error))
+            return b""
         if not data:
             self.hang_up(client)
-            return
-        if not self.quiet:
+        elif not self.quiet:
             log(f"{client.name} sent {describe(data)}")
-        if self.mode == "ack":
-            self.send(client, b"ACK")
-        else:
-            # A copy of the list: a receiver whose send() fails is dropped meanwhile.
-            for other in list(self.clients.values()):
-                if other is not client and not other.hung_up:
-                    self.send(other, data)
+        return data
+
+    def relay(self, chunks: list[tuple[Client, bytes]]) -> None:
+        """Owe every client that takes new bytes the chunks this round read from the
+        others, in the order they were read. The chunks are joined into one object that
+        all of them share (a sender gets the parts before and after its own chunk), so a
+        chunk owed to a thousand clients is stored once, and each is sent it in one go."""
+        if not chunks:
+            return
+        joined = chunks[0][1] if len(chunks) == 1 else b"".join(data for _, data in chunks)
+        view = memoryview(joined)
+        own: dict[Client, tuple[int, int]] = {}  # where each sender's chunk is in joined
+        start = 0
+        for sender, data in chunks:
+            own[sender] = (start, start + len(data))
+            start += len(data)
+        for client in list(self.clients.values()):
+            if not client.takes_new_bytes:
+                continue
+            if client not in own:
+                self.owe(client, joined)
+            else:
+                start, end = own[client]
+                self.owe(client, view[:start])
+                self.owe(client, view[end:])
+
+    def owe(self, client: Client, data: bytes | memoryview) -> None:
+        """Queue data for client. If nothing is queued ahead of it, send it now (a healthy
+        socket almost always takes it all); whatever the socket does not take waits in the
+        outbox, and client joins outputs until it is all sent."""
+        if not data or not client.takes_new_bytes:
+            return
+        client.outbox.append(data)
+        client.owed += len(data)
+        if len(client.outbox) == 1:  # nothing ahead of it
+            self.write_to(client)
+
+    def write_to(self, client: Client) -> None:
+        """Send client as much of its outbox as its socket takes now. An emptied outbox
+        leaves outputs (and closes a client that hung up); a failed send ends writing."""
+        outbox = client.outbox
+        while outbox:
+            try:
+                sent = client.sock.send(outbox[0])
+            except BlockingIOError:
+                break  # no room at all right now
+            except OSError as error:  # e.g. BrokenPipeError: the client is gone
+                self.stop_writing(client, why(error))
+                return
+            client.owed -= sent
+            client.taken += sent
+            if sent < len(outbox[0]):
+                outbox[0] = memoryview(outbox[0])[sent:]
+                break
+            outbox.popleft()
+        listed = client.fd in self.outputs
+        if outbox and not listed:
+            self.outputs.append(client.fd)  # watch for writable; start its clock
+            client.deadline, client.taken = time.monotonic() + self.grace, 0
+        elif not outbox and listed:
+            self.outputs.remove(client.fd)
+            client.deadline = None
+        if not outbox and not client.reading:
+            self.drop(client, client.trouble or "closed by client")
 
     def hang_up(self, client: Client) -> None:
         """The client sent EOF: stop reading it, and close it once it has all it is owed."""
-        client.hung_up = True
-        self.inputs.remove(client.sock)
-        if not client.outbox:
-            self.drop(client, "closed by client")
+        client.reading = False
+        self.inputs.remove(client.fd)
+        if client.outbox:
+            log(f"{client.name} hung up; first it gets the {client.owed} bytes it is owed")
         else:
-            log(f"{client.name} hung up; first it gets the {len(client.outbox)} bytes it is owed")
+            self.drop(client, client.trouble or "closed by client")
 
-    def send(self, client: Client, data: bytes) -> None:
-        """Send data to client now if nothing is ahead of it (the socket almost always
-        takes it all); whatever the socket does not take waits in client's outbox, which
-        joins outputs, and may put the client over its limit. A failed send drops it."""
-        if not client.outbox:
-            sent = self.send_some(client, data)
-            if sent is None or sent == len(data):
-                return  # dropped, or all sent
-            data = data[sent:]
-            self.outputs.append(client.sock)  # it is owed bytes: watch for writable
-        client.outbox += data
-        if len(client.outbox) > self.max_buffer and client not in self.over_limit:
-            self.over_limit[client] = time.monotonic()
-
-    def write_to(self, client: Client) -> None:
-        """Send client as much of its outbox as its socket takes now; an emptied outbox
-        leaves outputs (and closes a client that hung up). A failed send drops it."""
-        sent = self.send_some(client, client.outbox)
-        if sent is None:
-            return
-        del client.outbox[:sent]
-        if len(client.outbox) <= self.max_buffer:
-            self.over_limit.pop(client, None)  # its feeders may be read again
-        if not client.outbox:
-            self.outputs.remove(client.sock)
-            if client.hung_up:
-                self.drop(client, "closed by client")
-
-    def send_some(self, client: Client, data: bytes | bytearray) -> int | None:
-        """send() what client's socket takes now; return how much, or None if it failed
-        and the client was dropped. Never blocks: the socket is non-blocking."""
-        try:
-            return client.sock.send(data)
-        except BlockingIOError:
-            return 0  # no room at all right now
-        except OSError as error:  # e.g. BrokenPipeError: the client is gone
-            self.drop(client, str(error))
-            return None
+    def stop_writing(self, client: Client, trouble: str) -> None:
+        """A send to client failed: forget what it is owed, but read it to its end, for
+        what it sent before it left (a client that sends and closes at once has our relay
+        to it fail, while its last chunk still waits to be read)."""
+        client.writing = False
+        client.trouble = client.trouble or trouble
+        client.outbox.clear()
+        client.owed = 0
+        if client.fd in self.outputs:
+            self.outputs.remove(client.fd)
+        if not client.reading:
+            self.drop(client, client.trouble)
 
     def drop(self, client: Client, reason: str) -> None:
         """Forget client everywhere and close its socket: the only place that closes one."""
-        del self.clients[client.sock]
-        if not client.hung_up:
-            self.inputs.remove(client.sock)
-        if client.outbox:
-            self.outputs.remove(client.sock)
-        self.over_limit.pop(client, None)
+        del self.clients[client.fd]
+        if client.reading:
+            self.inputs.remove(client.fd)
+        if client.fd in self.outputs:
+            self.outputs.remove(client.fd)
         client.sock.close()
         log(f"{client.name} disconnected: {reason}")
-        if self.listener not in self.inputs:  # there is room again
+        if self.listener.fileno() not in self.inputs:  # there is room again
             self.start_accepting()
 
     def close_all(self) -> None:
@@ -394,13 +473,17 @@ class Server:
 
 def open_listener(host: str, port: int) -> socket.socket:
     """Bind a non-blocking listening socket to host and port (IPv4 or IPv6)."""
+    host = host.strip("[]") or "0.0.0.0"  # "[::1]" as we print it; "" as Python means it
     family, _, _, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
     listener = socket.socket(family, socket.SOCK_STREAM)
-    # Without SO_REUSEADDR a restart fails with "Address already in use" for as long
-    # as the last run's connections linger in TIME_WAIT (a minute or more).
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Without SO_REUSEADDR a restart fails with "Address already in use" for as long as the
+    # last run's connections linger in TIME_WAIT (a minute or more). Not on Windows, where
+    # it lets a second server take a port that is in use (socket.create_server does the
+    # same; we don't call it because SO_OOBINLINE must be set before listen()).
+    if os.name != "nt":
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     # Urgent (MSG_OOB) bytes arrive inline as ordinary data, so no socket ever sits in
     # select()'s exceptional list. Set here, every accepted socket inherits it, even one
     # whose urgent bytes arrive while it waits to be accepted.
@@ -416,7 +499,7 @@ def do_nothing(signum: int, frame: FrameType | None) -> None:
 
 
 def install_signal_wakeup() -> tuple[socket.socket, socket.socket]:
-    """Make SIGINT and SIGTERM wake select() up; return (socket to read, socket written).
+    """Make the stop signals wake select() up; return (socket to read, socket written).
 
     Since PEP 475 select() simply restarts after a signal whose handler returns, so a
     handler that only sets a flag would never end the loop. Instead Python writes the
@@ -425,13 +508,13 @@ def install_signal_wakeup() -> tuple[socket.socket, socket.socket]:
     wakeup, wakeup_writer = socket.socketpair()
     wakeup_writer.setblocking(False)  # set_wakeup_fd() requires it
     signal.set_wakeup_fd(wakeup_writer.fileno())
-    signal.signal(signal.SIGINT, do_nothing)
-    signal.signal(signal.SIGTERM, do_nothing)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, do_nothing)
     return wakeup, wakeup_writer
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Listen, serve until SIGINT or SIGTERM, close everything; return the exit status."""
+    """Listen, serve until a stop signal, close everything; return the exit status."""
     args = parse_args(argv)
     try:
         listener = open_listener(args.host, args.port)
@@ -439,9 +522,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
         return 1
     wakeup, wakeup_writer = install_signal_wakeup()  # before we announce the port
+    highest = max(listener.fileno(), wakeup.fileno())
+    if not WINDOWS and highest >= FD_SETSIZE:  # inherited files took every lower number
+        print(f"cannot serve: descriptor {highest} is past FD_SETSIZE", file=sys.stderr)
+        return 1
     server = Server(listener, wakeup, args)
     log(f"listening on {host_port(listener.getsockname())} ({args.mode} mode)")
     signal_name = server.serve()
+    # Ignored, not handled, from here on: as Python shuts down it puts back the default
+    # handler (which kills the process) of every signal that has a handler, but not of
+    # an ignored one.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
     log(f"{signal_name}: closing {len(server.clients)} clients and exiting")
     server.close_all()
     signal.set_wakeup_fd(-1)  # before closing it: a late signal must not write elsewhere

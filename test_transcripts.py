@@ -550,7 +550,7 @@ def test_transcript(path: Path) -> None:
 
 NAMES = ["alice", "bob", "carol", "dave", "erin"]
 LOG_PREVIEW = 32  # the server shows this many bytes of a chunk in its log
-RESET = f"[Errno {errno.ECONNRESET}] {os.strerror(errno.ECONNRESET)}"
+RESET = "connection reset"  # the same words on every OS
 
 
 @dataclass(frozen=True)
@@ -1214,7 +1214,7 @@ def test_flood_drops_the_non_reader_and_keeps_the_slow_reader() -> None:
             thread.join(timeout=6 * WAIT)
         assert not any(thread.is_alive() for thread in threads), "the flood did not finish"
         assert line.string.startswith(host_port(never_reads.getsockname()))
-        assert line[1] == "owed over 1048576 bytes for 2.0 s: not reading, or too slowly"
+        assert re.fullmatch(r"too slow: still owed \d+ bytes after 2.0 s", line[1]), line[1]
         # Two graces at most: the server's last try before dropping may find room the
         # kernel made (its buffer grows), which gets the non-reader under once.
         assert dropped_after < 2 * 2.0 + 1.5, f"non-reader dropped after {dropped_after:.1f} s"
@@ -1243,16 +1243,10 @@ select_server.open_listener = with_small_send_buffer
 
 @linux_only
 def test_ack_client_that_never_reads_its_acks_is_dropped_alone() -> None:
-    """Ack: a client that sends without reading its ACKs goes over --max-buffer and is
-    dropped after the grace period, with a log line saying why. Another client, doing
-    round trips all the while, is never held up (only the flooder is paused)."""
-    server = ServerProcess(
-        "ack",
-        "--quiet",
-        "--max-buffer",
-        "3000",
-        program=patched_server(SMALL_SEND_BUFFER),
-    )
+    """Ack: a client that sends without reading its ACKs is not read once an ACK of its
+    own waits, and is dropped after the grace period, with a log line saying why. Another
+    client, doing round trips all the while, is never held up (only the flooder is paused)."""
+    server = ServerProcess("ack", "--quiet", program=patched_server(SMALL_SEND_BUFFER))
     try:
         flooder = connect(server, receive_buffer=2048)
         healthy = connect(server)
@@ -1278,8 +1272,8 @@ def test_ack_client_that_never_reads_its_acks_is_dropped_alone() -> None:
         thread.join(timeout=WAIT)
         assert not thread.is_alive(), "the flooder was never dropped"
         flooder_address = host_port(flooder.getsockname())
-        reason = "owed over 3000 bytes for 2.0 s: not reading, or too slowly"
-        assert f"{flooder_address} disconnected: {reason}" in log
+        reason = r"too slow: still owed [123] bytes after 2.0 s"  # the rest of one ACK
+        assert re.search(f"{re.escape(flooder_address)} disconnected: {reason}", log), log
         assert slowest < 1.0, f"a round trip took {slowest:.2f} s while the flooder was paused"
         assert round_trips > 10
         server.stop()
@@ -1432,7 +1426,7 @@ def test_reader_slower_than_its_kernel_buffer_shows_is_not_dropped() -> None:
     over --max-buffer most of the time, and select() does not report its socket writable
     for seconds (only once a third of a multi-megabyte buffer is free); still, before the
     grace runs out the server finds room and it is never dropped."""
-    server = ServerProcess("broadcast", "--quiet", "--grace", "0.5")
+    server = ServerProcess("broadcast", "--quiet", "--max-buffer", "262144", "--grace", "0.5")
     pattern = bytes(range(256)) * 256  # 64 KiB; the reader checks every byte's place
     try:
         reader, sender = connect(server), connect(server)

@@ -196,7 +196,9 @@ class Server:
         # joins or leaves, starts or stops owing bytes. Only clients that are owed bytes
         # are in outputs, because a healthy socket is always writable and select() would
         # never sleep.
-        self.inputs: list[int] = [listener.fileno(), wakeup.fileno()]
+        self.listener_fd = listener.fileno()
+        self.wakeup_fd = wakeup.fileno()
+        self.inputs: list[int] = [self.listener_fd, self.wakeup_fd]
         self.outputs: list[int] = []
 
     def serve(self) -> str:
@@ -212,11 +214,11 @@ class Server:
             readable, writable, _ = select.select(
                 self.sockets_to_read(), self.outputs, [], self.seconds_to_next_deadline()
             )
-            if self.wakeup.fileno() in readable:
+            if self.wakeup_fd in readable:
                 return signal.Signals(self.wakeup.recv(1)[0]).name
 
             # 1. accept new clients
-            if self.listener.fileno() in readable:
+            if self.listener_fd in readable:
                 self.accept()
 
             # 2. read one chunk from every client that sent something
@@ -250,10 +252,12 @@ class Server:
         Not reading a sender lets TCP flow control slow it down, instead of our memory
         growing: what it sends waits in the kernel's buffers, and then in the sender.
         """
+        if not self.outputs:
+            return self.inputs  # the usual case: no client is owed anything
         full = {fd for fd in self.outputs if self.clients[fd].owed > self.limit}
         full = {fd for fd in full if self.clients[fd].takes_new_bytes}
         if not full:
-            return self.inputs  # the usual case
+            return self.inputs
         if self.mode == "ack":  # each client feeds itself alone
             return [fd for fd in self.inputs if fd not in full]
         # broadcast: every client feeds every other, so a full one stops all the others
@@ -284,8 +288,8 @@ class Server:
             # select() has not reported yet (it says "writable" only once a good part of
             # the socket's buffer is free, and that buffer can be megabytes).
             self.write_to(client)
-            if client.deadline is None or client.fd not in self.clients:
-                continue  # it took all it was owed, or it was dropped meanwhile
+            if client.fd not in self.outputs:
+                continue  # it took all it was owed, or its connection failed
             if client.taken >= self.must_take:
                 client.deadline, client.taken = now + self.grace, 0
             else:
@@ -335,7 +339,7 @@ class Server:
         A listening socket with a client waiting stays readable, so a loop that kept
         watching it while accept() could not succeed would spin.
         """
-        self.inputs.remove(self.listener.fileno())
+        self.inputs.remove(self.listener_fd)
         if self.clients:
             log(f"not accepting new clients until one leaves: {why}")
         else:  # no one can leave to make room: try again in a while
@@ -344,7 +348,7 @@ class Server:
 
     def start_accepting(self) -> None:
         """Watch the listening socket again."""
-        self.inputs.append(self.listener.fileno())
+        self.inputs.append(self.listener_fd)
         self.accept_retry_at = None
         log("accepting new clients again")
 
@@ -389,43 +393,50 @@ class Server:
                 self.owe(client, view[end:])
 
     def owe(self, client: Client, data: bytes | memoryview) -> None:
-        """Queue data for client. If nothing is queued ahead of it, send it now (a healthy
-        socket almost always takes it all); whatever the socket does not take waits in the
-        outbox, and client joins outputs until it is all sent."""
+        """Send data to client now if nothing is queued ahead of it (a healthy socket
+        almost always takes it all). What the socket does not take waits in the outbox,
+        and client joins outputs, with a deadline, until it is all sent."""
         if not data or not client.takes_new_bytes:
             return
+        if not client.outbox:  # nothing ahead of it
+            sent = self.send_some(client, data)
+            if sent is None or sent == len(data):
+                return  # the send failed, or it is all sent
+            data = memoryview(data)[sent:]  # the rest, without a copy
+            self.outputs.append(client.fd)  # watch for writable, and start its clock
+            client.deadline, client.taken = time.monotonic() + self.grace, 0
         client.outbox.append(data)
         client.owed += len(data)
-        if len(client.outbox) == 1:  # nothing ahead of it
-            self.write_to(client)
 
     def write_to(self, client: Client) -> None:
         """Send client as much of its outbox as its socket takes now. An emptied outbox
-        leaves outputs (and closes a client that hung up); a failed send ends writing."""
+        leaves outputs (and closes a client that hung up)."""
         outbox = client.outbox
         while outbox:
-            try:
-                sent = client.sock.send(outbox[0])
-            except BlockingIOError:
-                break  # no room at all right now
-            except OSError as error:  # e.g. BrokenPipeError: the client is gone
-                self.stop_writing(client, why(error))
-                return
+            sent = self.send_some(client, outbox[0])
+            if sent is None:
+                return  # the send failed
             client.owed -= sent
             client.taken += sent
             if sent < len(outbox[0]):
                 outbox[0] = memoryview(outbox[0])[sent:]
-                break
+                return
             outbox.popleft()
-        listed = client.fd in self.outputs
-        if outbox and not listed:
-            self.outputs.append(client.fd)  # watch for writable; start its clock
-            client.deadline, client.taken = time.monotonic() + self.grace, 0
-        elif not outbox and listed:
-            self.outputs.remove(client.fd)
-            client.deadline = None
-        if not outbox and not client.reading:
+        self.outputs.remove(client.fd)
+        client.deadline = None
+        if not client.reading:
             self.drop(client, client.trouble or "closed by client")
+
+    def send_some(self, client: Client, data: bytes | memoryview) -> int | None:
+        """send() what client's socket takes now; return how much, or None if it failed
+        (see stop_writing). Never blocks: the socket is non-blocking."""
+        try:
+            return client.sock.send(data)
+        except BlockingIOError:
+            return 0  # no room at all right now
+        except OSError as error:  # e.g. BrokenPipeError: the client is gone
+            self.stop_writing(client, why(error))
+            return None
 
     def hang_up(self, client: Client) -> None:
         """The client sent EOF: stop reading it, and close it once it has all it is owed."""
@@ -444,6 +455,7 @@ class Server:
         client.trouble = client.trouble or trouble
         client.outbox.clear()
         client.owed = 0
+        client.deadline = None
         if client.fd in self.outputs:
             self.outputs.remove(client.fd)
         if not client.reading:
@@ -458,7 +470,7 @@ class Server:
             self.outputs.remove(client.fd)
         client.sock.close()
         log(f"{client.name} disconnected: {reason}")
-        if self.listener.fileno() not in self.inputs:  # there is room again
+        if self.listener_fd not in self.inputs:  # there is room again
             self.start_accepting()
 
     def close_all(self) -> None:

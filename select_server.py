@@ -536,7 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     wakeup, wakeup_writer = install_signal_wakeup()  # before we announce the port
     highest = max(listener.fileno(), wakeup.fileno())
     if not WINDOWS and highest >= FD_SETSIZE:  # inherited files took every lower number
-        print(f"cannot serve: descriptor {highest} is past FD_SETSIZE", file=sys.stderr)
+        why = f"descriptor {highest} is past FD_SETSIZE ({FD_SETSIZE}), which select() needs"
+        print(f"cannot serve: {why}; too many files were left open for us", file=sys.stderr)
         return 1
     server = Server(listener, wakeup, args)
     log(f"listening on {host_port(listener.getsockname())} ({args.mode} mode)")

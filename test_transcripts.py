@@ -54,6 +54,17 @@ QUIET = 0.1  # seconds of silence that show nothing more is coming
 RECORD_QUIET = 0.3  # recording waits this long for stragglers after each action
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
 
+
+def has_ipv6_loopback() -> bool:
+    try:
+        with socket.create_server(("::1", 0), family=socket.AF_INET6):
+            return True
+    except OSError:
+        return False
+
+
+needs_ipv6_loopback = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback")
+
 # ---------------------------------------------------------------- the transcript format
 
 ACTIONS = {"connects", "sends", "sends-urgent", "half-closes", "closes", "resets"}
@@ -172,7 +183,7 @@ class ServerProcess:
         self,
         mode: str,
         *extra_args: str,
-        host: str = "127.0.0.1",
+        host: str | None = "127.0.0.1",
         port: int = 0,
         python: str = sys.executable,
         program: list[str] | None = None,
@@ -181,7 +192,8 @@ class ServerProcess:
         self.output = io.StringIO()  # everything the server printed, for failures
         self.sockets: list[socket.socket] = []  # opened by connect(); closed by kill()
         program = program or [python, str(SERVER)]
-        command = [*program, mode, "--host", host, "--port", str(port), *extra_args]
+        hosts = [] if host is None else ["--host", host]  # None: the server's default
+        command = [*program, mode, *hosts, "--port", str(port), *extra_args]
         # Without PYTHONUNBUFFERED (set on some machines), a print() to a pipe that the
         # server forgot to flush would sit in its buffer, and this test would see it.
         environment = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
@@ -257,11 +269,11 @@ class ServerProcess:
             self.child.proc.wait(timeout=WAIT)
 
 
-def patched_server(patch: str) -> list[str]:
+def patched_server(patch: str, before: str = "") -> list[str]:
     """A command that runs the server after patch, Python code that changes the module
     select_server first: how a test shrinks the machine around the server, or breaks
-    the server on purpose to show that a test can fail."""
-    lines = ["import sys", f"sys.path.insert(0, {str(HERE)!r})", "import select_server"]
+    the server on purpose to show that a test can fail. before runs before the import."""
+    lines = ["import sys", f"sys.path.insert(0, {str(HERE)!r})", before, "import select_server"]
     code = "\n".join([*lines, patch, "sys.exit(select_server.main(sys.argv[1:]))"])
     return [sys.executable, "-c", code]
 
@@ -784,6 +796,118 @@ def test_unknown_host_gives_one_line_and_status_1(host: str) -> None:
     assert result.stderr.startswith(f"cannot listen on {host}:0: ")
 
 
+@pytest.mark.parametrize(
+    ("host", "announced", "address"),
+    [
+        (None, "127.0.0.1", "127.0.0.1"),
+        ("", "0.0.0.0", "127.0.0.1"),
+        pytest.param("[::1]", "[::1]", "::1", marks=needs_ipv6_loopback),
+    ],
+    ids=["default", "empty", "brackets"],
+)
+def test_host_is_the_same_everywhere_and_takes_what_the_server_prints(
+    host: str | None, announced: str, address: str
+) -> None:
+    """The default is 127.0.0.1 on every OS (not "localhost", which is ::1 first on macOS
+    and 127.0.0.1 first on Linux); '' means every IPv4 interface, as it does in Python's
+    socket module; an IPv6 address may be written in brackets, as the server prints it."""
+    server = ServerProcess("ack", host=host)
+    try:
+        assert server.announcement == f"listening on {announced}:{server.port} (ack mode)"
+        with socket.create_connection((address, server.port), timeout=WAIT) as sock:
+            sock.sendall(b"here?")
+            assert sock.recv(16) == b"ACK"
+        server.stop()
+    finally:
+        server.kill()
+
+
+# What a parent that leaves every low descriptor open does to us: the listening socket
+# and the wake-up socket land at 1024 and above, where select() cannot watch them.
+EVERY_LOW_DESCRIPTOR_TAKEN = """
+import os
+while os.open(os.devnull, os.O_RDONLY) < 1023:
+    pass
+"""
+
+
+@linux_only
+def test_started_with_every_low_descriptor_taken_it_refuses_in_one_line() -> None:
+    """Started with descriptors 3 to 1023 already open, the server cannot watch its own
+    sockets: it says so in one line and exits 1, before announcing anything."""
+    command = [*patched_server(EVERY_LOW_DESCRIPTOR_TAKEN), "ack", "--port", "0"]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=WAIT, preexec_fn=nofile_limit(2048)
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""
+    assert re.fullmatch(
+        r"cannot serve: descriptor 10\d\d is past FD_SETSIZE \(1024\), which select\(\) "
+        r"needs; too many files were left open for us\n",
+        result.stderr,
+    ), result.stderr
+
+
+@linux_only
+def test_a_storm_of_stop_signals_still_exits_0() -> None:
+    """40 SIGTERMs, 1 ms apart, at a busy server: it exits 0 every time, with no traceback.
+    Once its loop has ended the stop signals are ignored; a handler left in place would be
+    swapped by Python's shutdown for the default one, which kills the process."""
+    for _ in range(5):
+        server = ServerProcess("ack", "--quiet")
+        try:
+            sock = connect(server)
+            for _ in range(40):
+                with contextlib.suppress(OSError):  # the server may have closed it already
+                    sock.sendall(b"busy")
+                os.kill(server.pid, signal.SIGTERM)
+                time.sleep(0.001)  # the storm's own pace, not a wait for anything
+            assert server.child.proc.wait(timeout=WAIT) == 0, server.output.getvalue()
+            assert "Traceback" not in server.output.getvalue()
+        finally:
+            server.kill()
+
+
+# Windows' select() takes at most 512 sockets in one list (FD_SETSIZE in CPython's
+# Modules/selectmodule.c counts sockets there, not descriptor numbers). The server reads
+# sys.platform once, as it is imported: here it believes it runs on Windows.
+PRETEND_WINDOWS = "import argparse, collections, errno, select, signal, socket, time\n" + (
+    "sys.platform = 'win32'"
+)
+
+
+@linux_only
+def test_on_windows_510_clients_are_served_and_the_rest_wait() -> None:
+    """On Windows (sys.platform reading win32) 560 clients connect: 510 are served (with
+    the listening and wake-up sockets, the 512 one select() list may hold), the other 50
+    wait in the kernel's queue, none refused or reset, and they are served as others leave.
+    --max-clients above 510 is a usage error there."""
+    raise_own_nofile_limit(700)
+    program = patched_server("", before=PRETEND_WINDOWS)
+    too_many = subprocess.run(
+        [*program, "ack", "--max-clients", "511"], capture_output=True, text=True, timeout=WAIT
+    )
+    assert too_many.returncode == 2
+    assert "--max-clients must be between 1 and 510" in too_many.stderr
+    server = ServerProcess("ack", "--quiet", program=program, preexec_fn=nofile_limit(1024))
+    try:
+        clients = [connect(server) for _ in range(560)]
+        server.expect_line(r"connected \(510 online\)", timeout=3 * WAIT)
+        server.expect_line(r"not accepting new clients until one leaves: 510 clients")
+        last = clients[-1]
+        last.sendall(b"waiting")  # sits in the kernel until the server accepts it
+        assert_quiet(last)
+        for sock in clients[:50]:
+            sock.close()
+        assert last.recv(16) == b"ACK"
+        for sock in clients[50:]:
+            sock.sendall(b"all served?")
+            assert receive_exactly(sock, 3) == b"ACK"
+        server.stop()
+    finally:
+        server.kill()
+
+
 # A server that signals itself the moment it has announced its port, before it reaches
 # select(): whatever a test does next, it would be later than that.
 SIGNAL_ON_ANNOUNCE = """
@@ -901,15 +1025,7 @@ def test_server_outlives_a_full_disk_for_its_log() -> None:
         server.kill()
 
 
-def has_ipv6_loopback() -> bool:
-    try:
-        with socket.create_server(("::1", 0), family=socket.AF_INET6):
-            return True
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not has_ipv6_loopback(), reason="this machine has no IPv6 loopback")
+@needs_ipv6_loopback
 def test_ipv6_address_is_announced_in_brackets_and_served() -> None:
     """--host ::1 listens on IPv6, announces [::1]:PORT, and serves a transcript."""
     server = ServerProcess("ack", host="::1")

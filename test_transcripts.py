@@ -1038,6 +1038,51 @@ def test_ipv6_address_is_announced_in_brackets_and_served() -> None:
     replay(parse(path.read_text(), path.name), host="::1")
 
 
+def readme_client(port: int) -> list[str]:
+    """The Python client that README.md shows (the `python -c` block), aimed at port."""
+    match = re.search(r'^python -c "\n(.*?)^"$', (HERE / "README.md").read_text(), re.M | re.S)
+    assert match is not None, "README.md shows no python -c client"
+    return [sys.executable, "-c", match[1].replace("8000", str(port))]
+
+
+def test_readme_client_sends_piped_input_and_prints_until_the_server_closes() -> None:
+    """The README's client behaves like `nc -N`: piped input is sent, then it half-closes,
+    and it prints what arrives until the server closes the connection."""
+    server = ServerProcess("ack")
+    try:
+        command = readme_client(server.port)
+        result = subprocess.run(
+            command, input="hello\n", capture_output=True, text=True, timeout=WAIT
+        )
+        assert (result.returncode, result.stdout, result.stderr) == (0, "b'ACK'\n", "")
+        server.stop()
+    finally:
+        server.kill()
+
+
+def test_readme_client_outlives_the_server_without_a_traceback() -> None:
+    """When the server goes away first, the README's client ends quietly: status 0, and
+    nothing but its own short line, if any."""
+    server = ServerProcess("ack")
+    client = subprocess.Popen(
+        readme_client(server.port),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        server.expect_line("connected")
+        server.stop()
+        out, err = client.communicate("anyone there?\n", timeout=WAIT)
+        assert client.returncode == 0, err
+        assert "Traceback" not in out + err, out + err
+    finally:
+        client.kill()
+        client.wait(timeout=WAIT)
+        server.kill()
+
+
 def find_python_3_8() -> str | None:
     """A CPython 3.8 that really runs (a pyenv shim on PATH may not), or None."""
     candidates = [

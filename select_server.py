@@ -195,7 +195,7 @@ class Server:
         # Descriptor numbers, kept up to date as things happen, never rebuilt: a client
         # joins or leaves, starts or stops owing bytes. Only clients that are owed bytes
         # are in outputs, because a healthy socket is always writable and select() would
-        # never sleep.
+        # never sleep. inputs is never empty (Windows' select() refuses three empty lists).
         self.listener_fd = listener.fileno()
         self.wakeup_fd = wakeup.fileno()
         self.inputs: list[int] = [self.listener_fd, self.wakeup_fd]

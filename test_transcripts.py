@@ -1729,6 +1729,69 @@ def test_accept_is_retried_when_no_client_can_leave() -> None:
         server.kill()
 
 
+# ---------------------------------------------------------------- nothing lost, memory shared,
+# ---------------------------------------------------------------- no one holds the room
+
+
+def receive_up_to(sock: socket.socket, size: int, timeout: float = WAIT) -> bytes:
+    """Read until size bytes have come, the server closes, or timeout seconds pass;
+    return what came (a test compares it with what it expected, and says what is missing)."""
+    chunks, got = [], 0
+    deadline = time.monotonic() + timeout
+    while got < size and time.monotonic() < deadline:
+        sock.settimeout(max(0.001, deadline - time.monotonic()))
+        try:
+            chunk = sock.recv(min(1 << 20, size - got))
+        except (socket.timeout, ConnectionResetError):
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def shown(items: list[bytes], most: int = 10) -> str:
+    """A few of a list of messages, for a failure message."""
+    if not items:
+        return "none"
+    more = f" and {len(items) - most} more" if len(items) > most else ""
+    return " ".join(item.decode() for item in items[:most]) + more
+
+
+def test_clients_that_send_and_close_at_once_lose_nothing() -> None:
+    """Broadcast: 400 clients, one after another, connect, send one numbered message and
+    close at once (what `printf hi | nc -N host port` does). The client that stays receives
+    each of the 400 exactly once: a client that has left is still read to its end, even
+    when a relay to it fails first, and what it sent is relayed."""
+    server = ServerProcess("broadcast", "--quiet")
+    messages = [b"<m%d>" % i for i in range(400)]
+    try:
+        stays = connect(server)
+        server.expect_line("connected")
+        for message in messages:
+            with socket.create_connection((server.host, server.port), timeout=WAIT) as sock:
+                sock.sendall(message)
+        for _ in messages:  # each is logged once it has been read to its end
+            server.expect_line("disconnected: ")
+        received = receive_up_to(stays, sum(map(len, messages)))
+        assert_quiet(stays)
+        tokens = re.findall(rb"<m\d+>", received)
+        assert b"".join(tokens) == received, f"not whole messages: {received!r}"
+        counts: dict[bytes, int] = {}
+        for token in tokens:
+            counts[token] = counts.get(token, 0) + 1
+        missing = [message for message in messages if message not in counts]
+        twice = [token for token, count in counts.items() if count > 1]
+        assert not missing and not twice, (
+            f"received {len(counts)} of {len(messages)} messages; "
+            f"missing: {shown(missing)}; more than once: {shown(twice)}"
+        )
+        server.stop()
+    finally:
+        server.kill()
+
+
 # ---------------------------------------------------------------- the benchmark's smoke run
 
 

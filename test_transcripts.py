@@ -1792,6 +1792,107 @@ def test_clients_that_send_and_close_at_once_lose_nothing() -> None:
         server.kill()
 
 
+class Flood:
+    """A thread that sends on sock, as fast as the server takes it, the stream whose byte k
+    is unit[k % len(unit)], until stop(); then, with finish, half-closes. Used as a context
+    manager, it is stopped however the test ends (before the server's kill() closes sock)."""
+
+    def __init__(self, sock: socket.socket, unit: bytes, finish: bool = False) -> None:
+        self.sock = sock
+        self.unit = len(unit)
+        self.stream = memoryview(unit * (65536 // len(unit) + 2))
+        self.finish = finish
+        self.sent = 0  # bytes the kernel has taken so far
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        self.sock.settimeout(0.05)  # a send() the server holds up wakes to see stopping
+        with contextlib.suppress(OSError):  # the server dropped the sender
+            while not self.stopping.is_set():
+                start = self.sent % self.unit
+                try:
+                    self.sent += self.sock.send(self.stream[start : start + 65536])
+                except socket.timeout:
+                    continue
+            if self.finish:
+                self.sock.shutdown(socket.SHUT_WR)
+
+    def stop(self) -> int:
+        """Stop sending (bounded wait) and return how many bytes were sent."""
+        self.stopping.set()
+        self.thread.join(timeout=WAIT)
+        assert not self.thread.is_alive(), "the flood did not stop"
+        return self.sent
+
+    def __enter__(self) -> Flood:
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=WAIT)
+
+
+@linux_only
+def test_memory_does_not_grow_with_the_number_of_clients() -> None:
+    """Broadcast: 950 clients that never read, and one that sends as fast as it can. A
+    chunk owed to many clients is kept once, so the server's peak memory stays under
+    64 MB (a copy per client needs about 1 GB); the non-readers are dropped as too slow."""
+    raise_own_nofile_limit(1100)
+    server = ServerProcess("broadcast", "--quiet", "--grace", "0.5", preexec_fn=nofile_limit(2048))
+    try:
+        sender = connect(server)
+        crowd = [connect(server, receive_buffer=4096) for _ in range(950)]
+        for _ in range(1 + len(crowd)):
+            server.expect_line("connected")
+        with Flood(sender, bytes(range(256))) as flood:
+            # Bounded, but generous for the first: a server that copies takes seconds.
+            first = server.expect_line("disconnected: (.*)", timeout=3 * WAIT)[1]
+            reasons = {first} | {server.expect_line("disconnected: (.*)")[1] for _ in crowd[1:]}
+            sent = flood.stop()
+        peak = peak_memory_mb(server.pid)
+        assert peak < 64, f"peak RSS {peak:.0f} MB, {len(crowd)} non-readers, {sent >> 20} MiB sent"
+        assert all(reason.startswith("too slow: ") for reason in reasons), reasons
+        server.stop()
+    finally:
+        server.kill()
+
+
+@linux_only
+def test_a_crowd_that_never_reads_cannot_pin_memory() -> None:
+    """Broadcast: 100 clients are each owed megabytes, under --max-buffer (8 MiB here),
+    then half-close without ever reading. Not over the limit, they may stay; but what they
+    are owed is the same bytes, kept once, so the server's peak memory stays under 64 MB (a
+    copy per client holds about 500 MB, for as long as they stay)."""
+    raise_own_nofile_limit(200)
+    server = ServerProcess("broadcast", "--quiet", "--max-buffer", str(8 << 20))
+    try:
+        sender = connect(server)
+        crowd = [connect(server, receive_buffer=4096) for _ in range(100)]
+        for _ in range(1 + len(crowd)):
+            server.expect_line("connected")
+        # 7.5 MiB: the kernel's buffers take about 3 MiB per client (Linux, loopback), so
+        # each is owed about 4.5 MiB, just under the limit whatever the kernel takes.
+        sender.sendall(bytes(15 << 19))
+        sender.shutdown(socket.SHUT_WR)
+        line = server.expect_line("disconnected: ")  # the sender, read to its end
+        assert line.string.startswith(host_port(sender.getsockname())), line.string
+        for sock in crowd:
+            sock.shutdown(socket.SHUT_WR)
+        # Two newcomers chat: by then the server has seen every half-close (sent earlier).
+        late, later = connect(server), connect(server)
+        for _ in range(2):
+            server.expect_line("connected")
+        late.sendall(b"still serving?")
+        assert receive_exactly(later, 14) == b"still serving?"
+        peak = peak_memory_mb(server.pid)
+        assert peak < 64, f"peak RSS {peak:.0f} MB, {len(crowd)} clients sent 7.5 MiB each"
+        server.stop()
+    finally:
+        server.kill()
+
+
 # ---------------------------------------------------------------- the benchmark's smoke run
 
 

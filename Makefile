@@ -32,14 +32,13 @@ fuzz: $(VENV)/installed
 	    test_transcripts.py -k generated_sessions || exit 1; \
 	done
 
-# Side by side with the asyncio peer when it is there: each row three times, taking
-# turns, about two minutes; else our server alone, about 45 s. `make test` runs only
-# bench.py --smoke.
-PEER ?= ../shared/peers/asyncio_server.py
+# Side by side with the asyncio peer in bench.py and, when it is there, the select()
+# ceiling peer next to this repository (an optional extra): each row three times, the
+# servers taking turns to go first, about four minutes. `make test` runs only --smoke.
+CEILING := $(wildcard ../shared/peers/select_ceiling.py)
 bench:
-	if [ -f $(PEER) ]; then \
-	  $(PYTHON) bench.py --against 'python $(PEER) {mode}' --repeat 3 --seconds 1 --warmup 0.5; \
-	else $(PYTHON) bench.py; fi
+	$(PYTHON) bench.py --against asyncio $(if $(CEILING),--against 'python $(CEILING) {mode}') \
+	  --repeat 3 --seconds 1 --warmup 0.5
 
 $(VENV)/installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)

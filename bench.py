@@ -1,11 +1,13 @@
 # SPDX-License-Identifier: 0BSD
-"""Measure select_server.py over loopback, and optionally another server side by side.
+"""Measure select_server.py over loopback, and optionally other servers side by side.
 
-    python bench.py                      # every row: about 45 s (90 s with --against)
+    python bench.py                      # every row: about a minute
     python bench.py --smoke              # two tiny rows in about 2 s (for a test)
-    python bench.py --against 'python ../shared/peers/asyncio_server.py {mode}'
+    python bench.py --against asyncio    # and the asyncio server below, row by row
+    python bench.py --against 'python other_server.py {mode}' --against asyncio
     python bench.py --rows 'broadcast|memory' --seconds 5 --warmup 2
-    python bench.py --against '...' --repeat 3 --seconds 1 --warmup 0.5   # make bench
+    python bench.py --against asyncio --repeat 3 --seconds 1 --warmup 0.5   # make bench
+    python bench.py --serve-asyncio broadcast --port 8000   # just run the asyncio server
 
 Each row starts a fresh server (`--server CMD`, default `python select_server.py {mode}
 --quiet`, run from this file's folder with `--host 127.0.0.1 --port 0` appended; a leading
@@ -25,13 +27,18 @@ Every row also shows the server's own CPU time per operation (from /proc/PID/sta
 measured window), its peak RSS (VmHWM), and the load generator's CPU share: on a small
 machine both share the cores, so operations per second alone measure the pair. CPU is
 read for the process started, so CMD must run the server itself, not a shell around it.
-`--against CMD` runs a second server of the same command-line shape, row by row right after
-ours, and prints the ratios. Exit status: 0, or 1 if any row failed. Linux only.
+`--against CMD` (repeatable) runs another server of the same command-line shape, row by
+row, the servers taking turns, and prints a ratio line for it. `--against asyncio` is
+short for `--against 'python bench.py --serve-asyncio {mode}'`: the idiomatic asyncio
+Protocol/Transport server of the same protocol, in this file (see serve_asyncio), so a
+clone of this repository can always compare with something. Exit status: 0, or 1 if any
+row failed. Linux only.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import contextlib
 import json
@@ -50,12 +57,13 @@ import time
 from array import array
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import IO, Any, Callable, NamedTuple, Protocol, Sequence
+from typing import IO, Any, Callable, NamedTuple, Protocol, Sequence, cast
 
 # ---------------------------------------------------------------- settings
 
 HOST = "127.0.0.1"
 DEFAULT_SERVER = "python select_server.py {mode} --quiet"
+ASYNCIO_PEER = "python bench.py --serve-asyncio {mode}"  # --against asyncio
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 ACK = b"ACK"
@@ -508,6 +516,72 @@ def worker_main() -> int:
     return 0
 
 
+# ================================================================ the asyncio peer
+#
+# What a Python programmer would write instead of a select() loop: asyncio's low-level
+# Protocol/Transport API, the idiomatic way, with no tuning. `--against asyncio` runs it
+# as `python bench.py --serve-asyncio {mode}`, in a process of its own. Like any asyncio
+# server it gives every accepted socket TCP_NODELAY, and it never drops a client: what a
+# client cannot take yet waits in its transport's buffer, however much that grows.
+
+
+class AckPeer(asyncio.Protocol):
+    """ack mode: answer every chunk a client sends (every data_received()) with b"ACK"."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Keep the transport to answer on."""
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        """One chunk in, one b"ACK" out."""
+        self.transport.write(ACK)
+
+
+class BroadcastPeer(asyncio.Protocol):
+    """broadcast mode: relay every chunk a client sends to every other client in the room."""
+
+    def __init__(self, room: set[BroadcastPeer]) -> None:
+        self.room = room  # every connected client's protocol, shared by all of them
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Join the room."""
+        self.transport = cast(asyncio.Transport, transport)
+        self.room.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        """Write the chunk to everyone else; the transports buffer what cannot go yet."""
+        for other in self.room:
+            if other is not self:
+                other.transport.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Leave the room (after EOF, a reset, or the server closing us)."""
+        self.room.discard(self)
+
+
+async def serve_asyncio(mode: str, host: str, port: int) -> None:
+    """Listen, say where, and serve until SIGINT or SIGTERM."""
+    loop = asyncio.get_running_loop()
+    room: set[BroadcastPeer] = set()
+    factory: Callable[[], asyncio.Protocol] = AckPeer
+    if mode == "broadcast":
+        factory = lambda: BroadcastPeer(room)  # noqa: E731 (one room for every client)
+    # backlog=1024: the 1,000-client rows connect faster than a default backlog of 100.
+    server = await loop.create_server(factory, host.strip("[]") or None, port, backlog=1024)
+    address = server.sockets[0].getsockname()
+    print(f"listening on {address[0]}:{address[1]}", flush=True)
+    stopped: asyncio.Future[None] = loop.create_future()
+
+    def stop() -> None:
+        if not stopped.done():  # a second signal finds it stopped already
+            stopped.set_result(None)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop)
+    async with server:
+        await stopped
+
+
 # ================================================================ parent side
 
 
@@ -834,7 +908,7 @@ def measure_connect(server: ServerProcess, workers: list[Worker]) -> Result:
 
 COLUMNS = [
     ("row", 18),
-    ("server", 7),
+    ("server", 17),
     ("ops/s", 9),
     ("MB/s", 7),
     ("p50 us", 7),
@@ -887,9 +961,9 @@ def median(results: list[Result]) -> Result:
     return ranked[(len(ranked) - 1) // 2]
 
 
-def ratio_cells(ours: Result, theirs: Result) -> list[str]:
-    """The ratio line: throughput ours/theirs, server CPU per op theirs/ours."""
-    cells = ["", "ratio", "", "", "", "", "", "", "", "", ""]
+def ratio_cells(ours: Result, theirs: Result, who: str) -> list[str]:
+    """A peer's ratio line: throughput ours/theirs, server CPU per op theirs/ours."""
+    cells = ["", f"vs {who}", "", "", "", "", "", "", "", "", ""]
     if theirs.ops and ours.ops:
         cells[2] = f"x{(ours.ops / ours.seconds) / (theirs.ops / theirs.seconds):.2f}"
     if theirs.ops and ours.ops and ours.server_cpu:
@@ -925,8 +999,8 @@ def print_header(commands: list[tuple[str, list[str]]], args: argparse.Namespace
     )
     if args.repeat > 1:
         print(
-            f"each row measured {args.repeat} times, the servers taking turns to go first; "
-            "shown: the median by srv us/op, and each pair's srv us/op ratio"
+            f"each row measured {args.repeat} times, interleaved, the servers taking turns to go "
+            "first;\nshown: the median by srv us/op, and each pair's srv us/op ratio"
         )
     print(
         "ops: ack = round trips; broadcast = 128-byte messages delivered (one message arriving "
@@ -935,7 +1009,7 @@ def print_header(commands: list[tuple[str, list[str]]], args: argparse.Namespace
         "server, of the load generator, per second"
     )
     if len(commands) > 1:
-        print("ratio: ops/s ours/theirs, srv us/op theirs/ours (above 1: ours is better)")
+        print("vs PEER: ops/s ours / peer's, srv us/op peer's / ours (above 1: ours is better)")
     print()
     print(format_line([title for title, _ in COLUMNS]))
     sys.stdout.flush()
@@ -976,7 +1050,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Read the command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--server", default=DEFAULT_SERVER, metavar="CMD", help="our server")
-    parser.add_argument("--against", metavar="CMD", help="a server to compare, row by row")
+    parser.add_argument(
+        "--against",
+        action="append",
+        default=[],
+        metavar="CMD",
+        help="another server to compare, row by row (repeatable); 'asyncio': the one in here",
+    )
     parser.add_argument("--seconds", type=float, default=3.0, help="measured window per row")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds before the window")
     parser.add_argument("--rows", metavar="REGEX", help="only rows whose label matches")
@@ -987,8 +1067,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--smoke", action="store_true", help="two tiny rows: --seconds 0.3 --warmup 0.1"
     )
+    parser.add_argument(
+        "--serve-asyncio",
+        choices=("ack", "broadcast"),
+        metavar="MODE",
+        help="don't measure: run the asyncio peer (ack or broadcast) with --host and --port",
+    )
+    parser.add_argument("--host", help=f"with --serve-asyncio (default {HOST})")
+    parser.add_argument("--port", type=int, help="with --serve-asyncio (default 8000)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if not args.serve_asyncio and (args.host is not None or args.port is not None):
+        parser.error("--host and --port go with --serve-asyncio")
     if args.seconds <= 0 or args.warmup < 0:
         parser.error("--seconds must be positive and --warmup not negative")
     if args.repeat < 1:
@@ -1005,12 +1095,31 @@ def interrupted(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def name_contenders(ours: str, against: list[str]) -> list[tuple[str, str]]:
+    """("ours", CMD) and a short, unique name for each --against CMD: "asyncio" for the
+    peer in this file, else the name of the first .py file (or program) in CMD."""
+    contenders = [("ours", ours)]
+    for command in against:
+        if command == "asyncio":
+            name, command = "asyncio", ASYNCIO_PEER
+        else:
+            words = shlex.split(command) or ["?"]
+            program = next((w for w in words if w.endswith(".py")), words[0])
+            name = os.path.splitext(os.path.basename(program))[0][:14]
+        taken = {who for who, _ in contenders}
+        unique, number = name, 2
+        while unique in taken:
+            unique, number = f"{name}-{number}", number + 1
+        contenders.append((unique, command))
+    return contenders
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the rows, printing each as it is measured; return the exit status."""
     rows = smoke_rows() if args.smoke else default_rows()
     if args.rows:
         rows = [row for row in rows if re.search(args.rows, row.label)]
-    contenders = [("ours", args.server)] + ([("theirs", args.against)] if args.against else [])
+    contenders = name_contenders(args.server, args.against)
     print_header([(who, server_argv(cmd, "{mode}")) for who, cmd in contenders], args)
     failed = 0
     for row in rows:
@@ -1018,7 +1127,8 @@ def run(args: argparse.Namespace) -> int:
         failures: dict[str, str] = {}
         for repeat in range(args.repeat):
             # Take turns at going first, so that a drift of the machine favours no one.
-            for who, command in contenders[:: 1 if repeat % 2 == 0 else -1]:
+            turn = repeat % len(contenders)
+            for who, command in contenders[turn:] + contenders[:turn]:
                 if who in failures:
                     continue
                 try:
@@ -1031,11 +1141,14 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{format_line([row.label, who])}  FAILED: {failures[who]}", flush=True)
             else:
                 print(format_line(result_cells(row.label, who, median(results[who]))), flush=True)
-        if len(contenders) == 2 and not failures:
-            ours, theirs = results["ours"], results["theirs"]
-            cells = ratio_cells(median(ours), median(theirs))
+        for who, _ in contenders[1:]:
+            if "ours" in failures or who in failures:
+                continue
+            ours, theirs = results["ours"], results[who]
+            cells = ratio_cells(median(ours), median(theirs), who)
             if args.repeat > 1:  # every pair's own ratio, to show the spread
-                cells[-1] = "pairs: " + " ".join(ratio_cells(o, t)[6] for o, t in zip(ours, theirs))
+                pairs = [ratio_cells(o, t, who)[6] for o, t in zip(ours, theirs)]
+                cells[-1] = "pairs: " + " ".join(pairs)
             print(format_line(cells), flush=True)
     if not rows:
         print(f"no row matches {args.rows!r}", file=sys.stderr)
@@ -1049,6 +1162,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
         return worker_main()
+    if args.serve_asyncio:
+        port = 8000 if args.port is None else args.port
+        asyncio.run(serve_asyncio(args.serve_asyncio, args.host or HOST, port))
+        return 0
     signal.signal(signal.SIGINT, interrupted)
     signal.signal(signal.SIGTERM, interrupted)
     raise_file_limit(4096)  # 1,000 clients in one worker, and some to spare

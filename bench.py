@@ -2,7 +2,7 @@
 """Measure select_server.py over loopback, and optionally other servers side by side.
 
     python bench.py                      # every row: about a minute
-    python bench.py --smoke              # two tiny rows in about 2 s (for a test)
+    python bench.py --smoke              # three tiny rows in about 2 s (for a test)
     python bench.py --against asyncio    # and the asyncio server below, row by row
     python bench.py --against 'python other_server.py {mode}' --against asyncio
     python bench.py --rows 'broadcast|memory' --seconds 5 --warmup 2
@@ -21,6 +21,14 @@ from load-generator processes (this file run with --worker) and prints one line:
 - broadcast RxS: R receivers and S senders; delivered bytes and messages per second (one
   message arriving at one client), and a check that every client got every byte of every
   other sender, in order. A client dropped by the server fails the row.
+- chat: what a chat-room user feels. 4 clients each send a 64-byte message every 20 ms,
+  each stamped with its send time; p50/p99 of the delay until it reaches each other client
+  (as seen by the load generator: one process reads for every client, so its own delays
+  count). "chat + slow reader" adds a client that reads only 64 KiB/s and one that sends
+  128-byte messages as fast as the room takes them, and measures only after 3.5 s: long
+  enough for select_server.py to have dropped the slow reader (it must keep up with
+  --max-buffer / 2 per --grace, 256 KiB/s by default, after a 2 s grace). A server that
+  keeps it is measured as it is. Every byte is checked, the slow reader's too.
 - memory 1000 idle: the server's RSS before and after 1,000 clients connect, per client.
 
 Every row also shows the server's own CPU time per operation (from /proc/PID/stat over the
@@ -75,6 +83,17 @@ WINDOW_TOTAL = 512 * 1024  # bytes all senders together may have in flight (see 
 RECV_SIZE = 65536
 PROBE = b"\xff"  # the one byte value no sender uses: marks the start-up probe
 
+CHAT_CLIENTS = 4  # in a chat row, clients that send a chat message every CHAT_INTERVAL
+CHAT_SIZE = 64  # bytes of a chat message: its send time, its number, and filler
+CHAT_INTERVAL = 0.020  # seconds between one client's chat messages
+SLOW_RATE = 64 * 1024  # bytes per second that the slow reader reads
+SLOW_TICK = 0.05  # seconds between its reads
+SLOW_WARMUP = 3.5  # seconds before "chat + slow reader" measures: our server's grace (2 s)
+SLOW_SECONDS = 3.5  # after the slow reader's buffers fill, and some to spare; then this long
+# How far the flood may run ahead of the slow reader: a server that never drops it holds
+# up to this much for it (a safety limit, far above what select_server.py lets it be owed).
+FLOOD_AHEAD = 256 * 1024 * 1024
+
 START_TIMEOUT = 10.0  # for a server to say where it listens
 SETUP_TIMEOUT = 30.0  # for the workers to connect every client
 DRAIN_TIMEOUT = 10.0  # for the last broadcast bytes to arrive after the window
@@ -98,11 +117,14 @@ class Row:
 
     label: str
     mode: str  # the server's mode: "ack" or "broadcast"
-    kind: str  # the worker's job: "ack", "broadcast" or "connect" (the memory row)
+    kind: str  # the worker's job: "ack", "broadcast", "chat" or "connect" (the memory row)
     active: int = 0  # ack: clients in lock-step
     idle: int = 0  # ack: clients that stay silent; connect: clients to open
     receivers: int = 0  # broadcast
     senders: int = 0  # broadcast
+    slow: bool = False  # chat: with a slow reader and a flooder
+    seconds: float | None = None  # the window and warm-up, if not the command line's
+    warmup: float | None = None
 
 
 def default_rows() -> list[Row]:
@@ -116,15 +138,28 @@ def default_rows() -> list[Row]:
         Row(f"broadcast {r}x{s}", "broadcast", "broadcast", receivers=r, senders=s)
         for r, s in ((10, 1), (100, 10))
     ]
+    # Chat latency needs samples: 3 s give each client's messages 150 deliveries per peer.
+    rows.append(Row("chat 4 clients", "broadcast", "chat", seconds=3.0, warmup=0.5))
+    rows.append(
+        Row(
+            "chat + slow reader",
+            "broadcast",
+            "chat",
+            slow=True,
+            seconds=SLOW_SECONDS,
+            warmup=SLOW_WARMUP,
+        )
+    )
     rows.append(Row("memory 1000 idle", "ack", "connect", idle=1000))
     return rows
 
 
 def smoke_rows() -> list[Row]:
-    """The two tiny rows of --smoke."""
+    """The three tiny rows of --smoke."""
     return [
         Row("broadcast 3x1", "broadcast", "broadcast", receivers=3, senders=1),
         Row("ack 2 clients", "ack", "ack", active=2),
+        Row("chat 4 clients", "broadcast", "chat"),
     ]
 
 
@@ -188,7 +223,20 @@ def round_trip_all(socks: Sequence[socket.socket], deadline: float) -> None:
     epoll.close()
 
 
-def matching_length(expected: bytes, start: int, view: memoryview, position: int) -> int:
+def megabytes(size: float) -> str:
+    """A size in MB, to three significant digits (whole kB below 1 MB)."""
+    if size < 1e6:
+        return f"{size / 1e3:.0f} kB"
+    return f"{size / 1e6:,.{2 if size < 1e7 else 1 if size < 1e8 else 0}f} MB"
+
+
+def matching_length(
+    expected: bytes | bytearray,
+    start: int,
+    view: memoryview,
+    position: int,
+    message_size: int = MESSAGE_SIZE,
+) -> int:
     """How many bytes of view, from position on, equal those of expected from start on.
 
     Each step is one memcmp() (startswith() at an offset), so a run costs a few Python
@@ -200,19 +248,19 @@ def matching_length(expected: bytes, start: int, view: memoryview, position: int
     rest = len(view) - position
     if expected.startswith(view[position:], start):
         return rest
-    to_end = -start % MESSAGE_SIZE  # bytes to the end of the message we are in
-    # Message ends at to_end + k * MESSAGE_SIZE: end k_low matches, ends past k_high don't.
-    k_low, k_high = -1, (rest - 1 - to_end) // MESSAGE_SIZE
+    to_end = -start % message_size  # bytes to the end of the message we are in
+    # Message ends at to_end + k * message_size: end k_low matches, ends past k_high don't.
+    k_low, k_high = -1, (rest - 1 - to_end) // message_size
     while k_low < k_high:
         k = (k_low + k_high + 1) // 2
-        if expected.startswith(view[position : position + to_end + k * MESSAGE_SIZE], start):
+        if expected.startswith(view[position : position + to_end + k * message_size], start):
             k_low = k
         else:
             k_high = k - 1
-    low = to_end + k_low * MESSAGE_SIZE if k_low >= 0 else 0  # known to match
+    low = to_end + k_low * message_size if k_low >= 0 else 0  # known to match
     if view[position + low] != expected[start + low]:
         return low  # the usual case: the run ends at the end of a message
-    high = min(low + MESSAGE_SIZE, rest) - 1  # the next message end did not match
+    high = min(low + message_size, rest) - 1  # the next message end did not match
     while low < high:
         middle = (low + high + 1) // 2
         if expected.startswith(view[position : position + middle], start):
@@ -423,7 +471,7 @@ class BroadcastLoad:
         """Send sender s's next messages, one send() each, as far as its window allows."""
         limit = self.floor[s] + self.window
         if self.sent[s] >= limit:
-            self.floor[s] = min(self.got[s])  # computed only when needed: O(clients)
+            self.floor[s] = self.room_floor(s)  # computed only when needed: O(clients)
             limit = self.floor[s] + self.window
         sock, own = self.socks[s], self.got[s]
         while self.sent[s] < limit:
@@ -443,11 +491,20 @@ class BroadcastLoad:
                 self.epoll.modify(sock.fileno(), select.EPOLLIN | select.EPOLLOUT)
                 return
 
+    def room_floor(self, s: int) -> int:
+        """What every client has received from sender s: its window starts there."""
+        return min(self.got[s])
+
     def receive(self, client: int) -> None:
-        """Read one chunk for client, and check it run by run: one run per sender."""
+        """Read one chunk for client, and check it."""
         size = self.socks[client].recv_into(self.buffer)
         if not size:
             raise WorkerError(f"the server closed client {client} (dropped?)")
+        self.check_chunk(client, size)
+
+    def check_chunk(self, client: int, size: int) -> None:
+        """Check the chunk of size bytes in self.buffer that client received, run by run:
+        one run per sender."""
         view = self.view[:size]
         position = 0
         while position < size:
@@ -485,6 +542,223 @@ class BroadcastLoad:
         return all(min(column) == sent for column, sent in zip(self.got, self.sent))
 
 
+class ChatLoad(BroadcastLoad):
+    """A chat room: CHAT_CLIENTS clients each send a CHAT_SIZE-byte message every
+    CHAT_INTERVAL, and every message carries its send time (time.monotonic_ns(), in the
+    sender's byte range), so each client that receives it knows how long it took.
+
+    With job["flood"] one more client sends MESSAGE_SIZE-byte messages as fast as the room
+    lets it (at most WINDOW_TOTAL ahead of any other reader, and FLOOD_AHEAD of the slow
+    one); with job["slow"] one more client reads only SLOW_RATE bytes per second. Every
+    client reads everything else, and every byte is checked, the slow reader's too: it may
+    be dropped by the server (it then reads to the end: what it got must be right), but no
+    other client may be. Latency counts the messages sent between T0 and T1, at every
+    client but the slow reader, however late they arrive.
+    """
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        self.chatters: int = job["chatters"]
+        senders = self.chatters + (1 if job["flood"] else 0)  # the flooder comes last
+        super().__init__(dict(job, senders=senders, receivers=1 if job["slow"] else 0))
+        self.window = WINDOW_TOTAL  # the flooder is the only sender that needs one
+        self.flooder = self.chatters if job["flood"] else None
+        self.slow = len(self.socks) - 1 if job["slow"] else None
+        self.fast = [c for c in range(len(self.socks)) if c != self.slow]
+        if self.slow is not None:  # it reads on a timer, not when epoll says it may
+            self.epoll.unregister(self.socks[self.slow].fileno())
+        # A chat message: 16 hex digits of its send time in ns, 8 of its number, 40 bytes
+        # of filler, each byte in its sender's range (hex digit d is byte lo(s) + d).
+        digits = b"0123456789abcdef"
+        ranges = [bytes(range(self.lo(s), self.lo(s) + 16)) for s in range(self.chatters)]
+        if any(r[-1] >= self.lo(s + 1) for s, r in enumerate(ranges)):
+            raise WorkerError("too many senders for 16 byte values each")
+        self.encode = [bytes.maketrans(digits, r) for r in ranges]
+        self.decode = [bytes.maketrans(r, digits) for r in ranges]
+        self.filler = [self.patterns[s][:40] for s in range(self.chatters)]
+        self.streams = [bytearray() for _ in range(self.chatters)]  # all they sent
+        self.counted = 0.0  # delivered: chat messages, and flood bytes / MESSAGE_SIZE
+        self.latencies: array[float] = array("d")
+        self.t0 = self.t1 = 0.0
+        self.slow_budget = 0.0  # bytes the slow reader may read now
+        self.slow_last = 0.0  # when that was last computed
+        self.slow_got = 0  # bytes the slow reader has read in all
+        self.slow_end = ""  # how the server ended the slow reader's connection, if it did
+        self.flood_held = False  # has FLOOD_AHEAD held the flooder back?
+
+    def run(self, t0: float, t1: float) -> dict[str, Any]:
+        """Chat (and flood) until t1, timing messages sent from t0; then wait for the rest."""
+        self.t0, self.t1 = t0, t1
+        readable = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR
+        monotonic = time.monotonic
+        now = self.slow_last = monotonic()
+        # Each client on its own beat: the room's messages are spread over the interval.
+        next_chat = [now + CHAT_INTERVAL * c / self.chatters for c in range(self.chatters)]
+        next_slow = now if self.slow is not None else float("inf")
+        start: tuple[int, float] | None = None  # (bytes, messages) delivered at t0
+        end = (0, 0.0)  # and at t1
+        sending = True
+        while True:
+            now = monotonic()
+            if start is None and now >= t0:
+                start = (self.delivered, self.counted)
+            if sending and now >= t1:
+                end = (self.delivered, self.counted)
+                sending = False
+                if self.slow is not None and not self.slow_end:  # now it reads all it can
+                    self.epoll.register(self.socks[self.slow].fileno(), select.EPOLLIN)
+            for c in range(self.chatters):
+                if sending and now >= next_chat[c]:
+                    self.chat(c)
+                    next_chat[c] += CHAT_INTERVAL
+                    if next_chat[c] < now:  # we fell behind: keep the beat, not the count
+                        next_chat[c] = now + CHAT_INTERVAL
+                elif self.sent[c] < len(self.streams[c]):  # what a send() left
+                    self.push(c)
+            if sending:
+                if self.flooder is not None and not self.blocked[self.flooder]:
+                    self.pump(self.flooder)
+                if self.slow is not None and now >= next_slow:
+                    self.read_slowly(now, draining=False)
+                    next_slow = now + SLOW_TICK
+            elif self.all_delivered():
+                break
+            elif now > t1 + DRAIN_TIMEOUT:
+                raise WorkerError(f"chat bytes still missing {DRAIN_TIMEOUT} s after the end")
+            timeout = min(next_chat + [next_slow]) - now if sending else 0.02
+            for fd, events in self.epoll.poll(min(max(timeout, 0.0), 0.02)):
+                client = self.client_of_fd[fd]
+                if events & select.EPOLLOUT:  # the flooder's socket buffer has room again
+                    self.blocked[client] = False
+                    self.epoll.modify(fd, select.EPOLLIN)
+                if client == self.slow:
+                    self.read_slowly(now, draining=True)
+                elif events & readable:
+                    self.receive(client)
+        assert start is not None  # t0 <= t1, and the loop ends after t1
+        return {
+            "ops": end[1] - start[1],
+            "bytes": end[0] - start[0],
+            "checked": self.delivered,
+            "latencies": base64.b64encode(self.latencies.tobytes()).decode(),
+            "slow": self.slow_note(),
+        }
+
+    def slow_note(self) -> str:
+        """What became of the slow reader, for the row's note."""
+        if self.slow is None:
+            return ""
+        held = f", flood held to {FLOOD_AHEAD >> 20} MiB ahead of it" if self.flood_held else ""
+        if not self.slow_end:
+            return f"slow reader kept (read {megabytes(self.slow_got)} in all){held}"
+        return f"slow reader {self.slow_end} by the server after {megabytes(self.slow_got)}{held}"
+
+    def chat(self, c: int) -> None:
+        """Client c writes its next message, stamped with the time now."""
+        stream = self.streams[c]
+        header = f"{time.monotonic_ns():016x}{len(stream) // CHAT_SIZE:08x}".encode()
+        stream += header.translate(self.encode[c]) + self.filler[c]
+        self.push(c)
+
+    def push(self, c: int) -> None:
+        """Send what client c has written and not yet sent, as far as its socket takes it."""
+        try:
+            self.sent[c] += self.socks[c].send(self.streams[c][self.sent[c] :])
+        except BlockingIOError:
+            return  # the rest goes on the next round
+        self.got[c][c] = self.sent[c]
+
+    def read_slowly(self, now: float, draining: bool) -> None:
+        """The slow reader reads what its rate allows by now; when draining, all it can.
+
+        The server may have dropped it: it then reads to the end of what it was sent.
+        """
+        assert self.slow is not None
+        self.slow_budget = min(
+            self.slow_budget + SLOW_RATE * (now - self.slow_last), SLOW_RATE * 2 * SLOW_TICK
+        )
+        self.slow_last = now
+        sock = self.socks[self.slow]
+        while (draining or self.slow_budget >= 1) and not self.slow_end:
+            size = RECV_SIZE if draining else min(RECV_SIZE, int(self.slow_budget))
+            try:
+                got = sock.recv_into(self.buffer, size)
+            except BlockingIOError:
+                return
+            except ConnectionResetError:
+                got = -1
+            if got <= 0:
+                self.slow_end = "reset" if got else "closed"
+                if draining:  # else epoll would report its end on every poll
+                    self.epoll.unregister(sock.fileno())
+                return
+            self.slow_got += got
+            self.slow_budget -= got
+            self.check_chunk(self.slow, got)
+
+    def room_floor(self, s: int) -> int:
+        """The flooder's window starts at what every fast reader has received, and ends at
+        most FLOOD_AHEAD past what the slow reader has (see pump)."""
+        floor = min(self.got[s][c] for c in self.fast)
+        if self.slow is not None and self.got[s][self.slow] + FLOOD_AHEAD - self.window < floor:
+            self.flood_held = True
+            floor = self.got[s][self.slow] + FLOOD_AHEAD - self.window
+        return floor
+
+    def check(self, client: int, sender: int, view: memoryview, position: int) -> int:
+        """Check the run of sender's bytes at position in client's chunk; return its length.
+
+        The flooder's bytes are checked as in a broadcast row. A chat run is checked
+        against what the sender sent; each chat message it completes is timed.
+        """
+        if sender == self.flooder:
+            length = super().check(client, sender, view, position)
+            self.counted += length / MESSAGE_SIZE
+            return length
+        column = self.got[sender]
+        offset = column[client]
+        if sender == client:
+            raise WorkerError(f"chat client {sender} received its own bytes back")
+        unsent = self.sent[sender] - offset
+        end = position + min(unsent, len(view) - position)  # nothing past what was sent
+        length = (
+            0
+            if unsent <= 0
+            else matching_length(self.streams[sender], offset, view[:end], position, CHAT_SIZE)
+        )
+        if length == 0:
+            raise WorkerError(
+                f"client {client}: byte {offset} from chat client {sender} is not what it "
+                "sent (lost, repeated, reordered, mixed, or more than it sent)"
+            )
+        column[client] = offset + length
+        self.delivered += length
+        self.arrived(client, sender, offset, offset + length)
+        return length
+
+    def arrived(self, client: int, sender: int, start: int, end: int) -> None:
+        """Bytes start to end of sender's chat stream have reached client: count and time
+        every message they complete (the slow reader's are counted, not timed)."""
+        first, last = start // CHAT_SIZE, end // CHAT_SIZE  # messages first..last-1
+        if first == last:
+            return
+        self.counted += last - first
+        if client == self.slow:
+            return
+        now = time.monotonic()
+        stream, decode = self.streams[sender], self.decode[sender]
+        for k in range(first, last):
+            stamp = stream[k * CHAT_SIZE : k * CHAT_SIZE + 16].translate(decode)
+            sent_at = int(stamp, 16) / 1e9
+            if self.t0 <= sent_at < self.t1:
+                self.latencies.append(now - sent_at)
+
+    def all_delivered(self) -> bool:
+        """Has every fast reader received every byte every other client sent, and the
+        slow reader too, unless the server ended its connection?"""
+        readers = self.fast if self.slow_end or self.slow is None else range(len(self.socks))
+        return all(all(self.got[s][c] == sent for c in readers) for s, sent in enumerate(self.sent))
+
+
 class Load(Protocol):
     """What a worker runs: built from its job (connecting its clients), then run once."""
 
@@ -495,6 +769,7 @@ LOADS: dict[str, Callable[[dict[str, Any]], Load]] = {
     "ack": AckLoad,
     "broadcast": BroadcastLoad,
     "connect": ConnectLoad,
+    "chat": ChatLoad,
 }
 
 
@@ -781,6 +1056,7 @@ class Result:
     latencies: list[float] = field(default_factory=list)  # seconds, sorted
     delivered_bytes: int | None = None  # broadcast: in the window
     checked_bytes: int = 0  # broadcast: every byte received, window or not
+    slow_note: str = ""  # chat: whether the server ended the slow reader's connection
     note: str = ""
 
 
@@ -812,6 +1088,8 @@ def result_between(start: Snapshot, end: Snapshot, ops: float, seconds: float) -
 def split_job(row: Row, port: int, workers: int) -> list[dict[str, Any]]:
     """The jobs for the workers: ack clients split between them; else one worker."""
     job: dict[str, Any] = {"kind": row.kind, "port": port, "idle": row.idle}
+    if row.kind == "chat":
+        return [dict(job, chatters=CHAT_CLIENTS, flood=row.slow, slow=row.slow)]
     if row.kind == "broadcast":  # its window needs every client's progress: one process
         return [dict(job, receivers=row.receivers, senders=row.senders)]
     if row.kind == "connect" or workers == 1:
@@ -852,10 +1130,15 @@ def measure(row: Row, argv: list[str], args: argparse.Namespace) -> Result:
             result.note = f"RSS {rss_before / 1024:.1f} -> {rss_after / 1024:.1f} MB, "
             result.note += f"{growth:+.2f} kB/conn"
         else:
-            result = measure_window(server, workers, args.seconds, args.warmup)
+            seconds = args.seconds if row.seconds is None else row.seconds
+            warmup = args.warmup if row.warmup is None else row.warmup
+            result = measure_window(server, workers, seconds, warmup)
         if row.kind == "broadcast":
             clients = row.receivers + row.senders
             result.note = f"all {result.checked_bytes / 1e6:,.0f} MB checked, {clients} clients"
+        if row.kind == "chat":
+            result.note = f"all {megabytes(result.checked_bytes)} checked"
+            result.note += f", {len(result.latencies)} messages timed" + result.slow_note
         result.peak_rss_kb = proc_status_kb(server.pid, "VmHWM")
         server.check_alive()
         return result
@@ -890,6 +1173,8 @@ def measure_window(
         if "bytes" in report:
             result.delivered_bytes = (result.delivered_bytes or 0) + report["bytes"]
             result.checked_bytes += report["checked"]
+        if report.get("slow"):
+            result.slow_note = f", {report['slow']}"
     result.latencies.sort()
     return result
 
@@ -911,8 +1196,8 @@ COLUMNS = [
     ("server", 17),
     ("ops/s", 9),
     ("MB/s", 7),
-    ("p50 us", 7),
-    ("p99 us", 7),
+    ("p50 ms", 7),
+    ("p99 ms", 7),
     ("srv us/op", 9),
     ("srv CPU", 7),
     ("gen CPU", 7),
@@ -934,11 +1219,17 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))]
 
 
+def milliseconds(seconds: float) -> str:
+    """A latency in ms, to three significant digits (or to the ms, from 100 ms)."""
+    ms = seconds * 1000
+    return f"{ms:,.{3 if ms < 1 else 2 if ms < 10 else 1 if ms < 100 else 0}f}"
+
+
 def result_cells(label: str, who: str, r: Result) -> list[str]:
     """One table line for one result."""
     latency = ["-", "-"]
     if r.latencies:
-        latency = [f"{percentile(r.latencies, q) * 1e6:.0f}" for q in (0.5, 0.99)]
+        latency = [milliseconds(percentile(r.latencies, q)) for q in (0.5, 0.99)]
     megabytes = "-" if r.delivered_bytes is None else f"{r.delivered_bytes / r.seconds / 1e6:.1f}"
     per_op = f"{r.server_cpu / r.ops * 1e6:.2f}" if r.ops else "-"
     return [
@@ -955,10 +1246,16 @@ def result_cells(label: str, who: str, r: Result) -> list[str]:
     ]
 
 
-def median(results: list[Result]) -> Result:
-    """The result with the median server CPU per operation (the lower one of two)."""
-    ranked = sorted(results, key=lambda r: r.server_cpu / r.ops if r.ops else float("inf"))
-    return ranked[(len(ranked) - 1) // 2]
+def median(results: list[Result], row: Row) -> Result:
+    """The result with the median server CPU per operation (the lower one of two); in a
+    chat row, the one with the median p99 latency: what that row is about."""
+
+    def key(r: Result) -> float:
+        if row.kind == "chat" and r.latencies:
+            return percentile(r.latencies, 0.99)
+        return r.server_cpu / r.ops if r.ops else float("inf")
+
+    return sorted(results, key=key)[(len(results) - 1) // 2]
 
 
 def ratio_cells(ours: Result, theirs: Result, who: str) -> list[str]:
@@ -986,7 +1283,29 @@ def machine_line() -> str:
     return f"machine: {model}, {os.cpu_count()} cores, {python}, Linux {os.uname().release}"
 
 
-def print_header(commands: list[tuple[str, list[str]]], args: argparse.Namespace) -> None:
+def chat_legend(row: Row, args: argparse.Namespace) -> str:
+    """What a chat row does, and when it measures."""
+    seconds = args.seconds if row.seconds is None else row.seconds
+    warmup = args.warmup if row.warmup is None else row.warmup
+    legend = (
+        f"{row.label}: {CHAT_CLIENTS} clients each send a {CHAT_SIZE}-byte message every "
+        f"{CHAT_INTERVAL * 1000:g} ms, stamped with its send time; p50/p99: its delay to each "
+        f"other client;\n    {seconds:g} s window after {warmup:g} s"
+    )
+    if row.slow:
+        legend += (
+            f"; with a client that reads {SLOW_RATE >> 10} KiB/s and one that sends "
+            f"{MESSAGE_SIZE}-byte messages as fast as the room takes them.\n"
+            "    The warm-up is long enough for our server to drop the slow reader: it must read "
+            "--max-buffer/2 per --grace\n    (256 KiB/s by default) after a 2 s grace. A server "
+            "that keeps it is reported as is"
+        )
+    return legend
+
+
+def print_header(
+    commands: list[tuple[str, list[str]]], rows: list[Row], args: argparse.Namespace
+) -> None:
     """The machine, the exact commands, the settings, the legend and the column titles."""
     print(machine_line())
     print(f"run: {shlex.join(['python', *sys.argv])}")
@@ -994,20 +1313,25 @@ def print_header(commands: list[tuple[str, list[str]]], args: argparse.Namespace
         command = shlex.join(argv).replace("'{mode}'", "{mode}")
         print(f"{who}: (cd {shlex.quote(HERE)} && {command})")
     print(
-        f"window {args.seconds:g} s after {args.warmup:g} s of warm-up; a fresh, primed server "
-        f"per row; load generator: {args.workers} process(es) for ack rows, 1 for the others"
+        f"window {args.seconds:g} s after {args.warmup:g} s of warm-up (unless a row says "
+        "otherwise); a fresh, primed server per row;\n"
+        f"load generator: {args.workers} process(es) for ack rows, 1 for the others"
     )
     if args.repeat > 1:
         print(
             f"each row measured {args.repeat} times, interleaved, the servers taking turns to go "
-            "first;\nshown: the median by srv us/op, and each pair's srv us/op ratio"
+            "first;\nshown: the median by srv us/op (chat rows: by p99), and each pair's srv "
+            "us/op ratio"
         )
     print(
-        "ops: ack = round trips; broadcast = 128-byte messages delivered (one message arriving "
+        "ops: ack = round trips; broadcast, chat = messages delivered (one message arriving "
         "at one client);\n     memory = connections opened (connect + one round trip)\n"
         "srv us/op: server CPU time (user + sys) per op; srv CPU, gen CPU: CPU seconds of the "
         "server, of the load generator, per second"
     )
+    for row in rows:
+        if row.kind == "chat":
+            print(chat_legend(row, args))
     if len(commands) > 1:
         print("vs PEER: ops/s ours / peer's, srv us/op peer's / ours (above 1: ours is better)")
     print()
@@ -1120,7 +1444,7 @@ def run(args: argparse.Namespace) -> int:
     if args.rows:
         rows = [row for row in rows if re.search(args.rows, row.label)]
     contenders = name_contenders(args.server, args.against)
-    print_header([(who, server_argv(cmd, "{mode}")) for who, cmd in contenders], args)
+    print_header([(who, server_argv(cmd, "{mode}")) for who, cmd in contenders], rows, args)
     failed = 0
     for row in rows:
         results: dict[str, list[Result]] = {who: [] for who, _ in contenders}
@@ -1140,12 +1464,13 @@ def run(args: argparse.Namespace) -> int:
                 failed += 1
                 print(f"{format_line([row.label, who])}  FAILED: {failures[who]}", flush=True)
             else:
-                print(format_line(result_cells(row.label, who, median(results[who]))), flush=True)
+                cells = result_cells(row.label, who, median(results[who], row))
+                print(format_line(cells), flush=True)
         for who, _ in contenders[1:]:
             if "ours" in failures or who in failures:
                 continue
             ours, theirs = results["ours"], results[who]
-            cells = ratio_cells(median(ours), median(theirs), who)
+            cells = ratio_cells(median(ours, row), median(theirs, row), who)
             if args.repeat > 1:  # every pair's own ratio, to show the spread
                 pairs = [ratio_cells(o, t, who)[6] for o, t in zip(ours, theirs)]
                 cells[-1] = "pairs: " + " ".join(pairs)

@@ -2029,12 +2029,25 @@ def run_bench(*args: str) -> subprocess.CompletedProcess[str]:
 
 @linux_only
 def test_bench_smoke_run_prints_rows_and_checks_every_byte() -> None:
-    """`bench.py --smoke` measures a tiny broadcast and ack row against the real server:
-    both rows come out, and every relayed byte was checked."""
+    """`bench.py --smoke` measures a tiny broadcast, ack and chat row against the real
+    server: all three rows come out, every relayed byte was checked, chat messages timed."""
     result = run_bench()
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"^broadcast 3x1 +ours .* all [\d,]+ MB checked", result.stdout, re.M)
     assert re.search(r"^ack 2 clients +ours +[\d,]+ ", result.stdout, re.M)
+    chat = r"^chat 4 clients +ours +[\d,]+ .* all [\d.,]+ [kM]B checked, [1-9]\d* messages timed"
+    assert re.search(chat, result.stdout, re.M), result.stdout
+
+
+@linux_only
+def test_bench_compares_with_its_own_asyncio_peer() -> None:
+    """`--against asyncio` needs nothing outside this repository: bench.py runs its own
+    asyncio server, whose relay passes the chat row's byte check, and prints a ratio line."""
+    result = run_bench("--rows", "chat", "--against", "asyncio")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"^asyncio: .* bench\.py --serve-asyncio \{mode\} ", result.stdout, re.M)
+    assert re.search(r"^chat 4 clients +asyncio +[\d,]+ .* messages timed", result.stdout, re.M)
+    assert re.search(r"^ +vs asyncio +x\d", result.stdout, re.M), result.stdout
 
 
 # A server whose relay reverses every chunk: the bytes arrive, but not the right ones.

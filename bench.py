@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: 0BSD
 """Measure select_server.py over loopback, and optionally other servers side by side.
 
-    python bench.py                      # every row: about a minute
+    python bench.py                      # every row: about a minute and a half
     python bench.py --smoke              # three tiny rows in about 2 s (for a test)
     python bench.py --against asyncio    # and the asyncio server below, row by row
     python bench.py --against 'python other_server.py {mode}' --against asyncio
@@ -1472,7 +1472,7 @@ def run(args: argparse.Namespace) -> int:
             ours, theirs = results["ours"], results[who]
             cells = ratio_cells(median(ours, row), median(theirs, row), who)
             if args.repeat > 1:  # every pair's own ratio, to show the spread
-                pairs = [ratio_cells(o, t, who)[6] for o, t in zip(ours, theirs)]
+                pairs = [ratio_cells(o, t, who)[6] or "-" for o, t in zip(ours, theirs)]
                 cells[-1] = "pairs: " + " ".join(pairs)
             print(format_line(cells), flush=True)
     if not rows:

@@ -1389,7 +1389,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--workers", type=int, choices=(1, 2), default=1, help="for ack rows")
     parser.add_argument(
-        "--smoke", action="store_true", help="two tiny rows: --seconds 0.3 --warmup 0.1"
+        "--smoke", action="store_true", help="three tiny rows: --seconds 0.3 --warmup 0.1"
     )
     parser.add_argument(
         "--serve-asyncio",
@@ -1397,11 +1397,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="MODE",
         help="don't measure: run the asyncio peer (ack or broadcast) with --host and --port",
     )
-    parser.add_argument("--host", help=f"with --serve-asyncio (default {HOST})")
-    parser.add_argument("--port", type=int, help="with --serve-asyncio (default 8000)")
+    # SUPPRESS: the attribute is set only if given (checked below), and no "(default: None)".
+    parser.add_argument("--host", default=argparse.SUPPRESS, help=f"with --serve-asyncio: {HOST}")
+    parser.add_argument(
+        "--port", type=int, default=argparse.SUPPRESS, help="with --serve-asyncio: 8000"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if not args.serve_asyncio and (args.host is not None or args.port is not None):
+    if not args.serve_asyncio and ("host" in args or "port" in args):
         parser.error("--host and --port go with --serve-asyncio")
     if args.seconds <= 0 or args.warmup < 0:
         parser.error("--seconds must be positive and --warmup not negative")
@@ -1488,8 +1491,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         return worker_main()
     if args.serve_asyncio:
-        port = 8000 if args.port is None else args.port
-        asyncio.run(serve_asyncio(args.serve_asyncio, args.host or HOST, port))
+        host, port = getattr(args, "host", HOST), getattr(args, "port", 8000)
+        asyncio.run(serve_asyncio(args.serve_asyncio, host, port))
         return 0
     signal.signal(signal.SIGINT, interrupted)
     signal.signal(signal.SIGTERM, interrupted)

@@ -2052,8 +2052,8 @@ def test_bench_compares_with_its_own_asyncio_peer() -> None:
 
 # A server whose relay reverses every chunk: the bytes arrive, but not the right ones.
 REVERSING_RELAY = """
-send = select_server.Server.send
-select_server.Server.send = lambda server, client, data: send(server, client, data[::-1])
+owe = select_server.Server.owe
+select_server.Server.owe = lambda server, client, data: owe(server, client, bytes(data)[::-1])
 """
 
 
@@ -2063,7 +2063,8 @@ def test_bench_smoke_run_fails_when_relayed_bytes_are_wrong() -> None:
     the broadcast row says FAILED and the exit status is 1."""
     result = run_bench("--server", shlex.join(patched_server(REVERSING_RELAY)) + " {mode} --quiet")
     assert result.returncode == 1, result.stdout + result.stderr
-    assert re.search(r"^broadcast 3x1 +ours +FAILED", result.stdout, re.M), result.stdout
+    failed = r"^broadcast 3x1 +ours +FAILED: .* is not what it sent"  # not: did not start
+    assert re.search(failed, result.stdout, re.M), result.stdout
 
 
 def main(argv: list[str]) -> int:

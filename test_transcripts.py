@@ -8,13 +8,17 @@ in README.md ("Transcripts").
     make test                                  # everything, including these
     make record                                # rewrite every transcript's expectations
     make record T=transcripts/ack_one_client.txt
+    make check SERVER='python3 my_server.py {mode} --port {port}'
 
 Recording replays only the actions of a transcript (connects, sends, closes...) and
 writes down what actually arrived; review the result with `git diff` like code.
+Checking replays every transcript, and generated sessions, against any other server,
+judging only what its clients receive (`python test_transcripts.py check --help`).
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
 import contextlib
 import errno
@@ -32,6 +36,7 @@ import socket
 import struct
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from dataclasses import dataclass, field
@@ -40,8 +45,9 @@ from typing import Callable
 
 import pexpect
 import pytest
-from hypothesis import given, settings
+from hypothesis import Verbosity, given, settings
 from hypothesis import strategies as st
+from hypothesis.errors import Flaky
 from pexpect.popen_spawn import PopenSpawn
 from pexpect.socket_pexpect import SocketSpawn
 
@@ -101,6 +107,11 @@ class Transcript:
 
 class TranscriptError(AssertionError):
     """A transcript line that is malformed, or whose expectation was not met."""
+
+    def __init__(self, message: str, summary: str = "", notes: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary or message  # one line: the transcript line, expected, arrived
+        self.notes = notes or []  # differences seen before this one that are not failures
 
 
 def parse_bytes(literal: str, where: str) -> bytes:
@@ -189,23 +200,13 @@ class ServerProcess:
         program: list[str] | None = None,
         preexec_fn: Callable[[], None] | None = None,
     ) -> None:
-        self.output = io.StringIO()  # everything the server printed, for failures
-        self.sockets: list[socket.socket] = []  # opened by connect(); closed by kill()
         program = program or [python, str(SERVER)]
         hosts = [] if host is None else ["--host", host]  # None: the server's default
         command = [*program, mode, *hosts, "--port", str(port), *extra_args]
         # Without PYTHONUNBUFFERED (set on some machines), a print() to a pipe that the
         # server forgot to flush would sit in its buffer, and this test would see it.
         environment = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
-        self.child: PopenSpawn[str] = PopenSpawn(
-            command,
-            timeout=WAIT,
-            env=environment,
-            encoding="utf-8",
-            codec_errors="replace",
-            preexec_fn=preexec_fn,
-        )
-        self.child.logfile_read = self.output
+        self.start(command, environment, preexec_fn)
         try:
             first = self.next_line()
         except AssertionError:
@@ -218,6 +219,25 @@ class ServerProcess:
         self.announcement = first
         self.host = match["v6"] or match["v4"]
         self.port = int(match["port"])
+
+    def start(
+        self,
+        command: list[str],
+        environment: dict[str, str],
+        preexec_fn: Callable[[], None] | None,
+    ) -> None:
+        """Start the process, its output (stdout and stderr) read through pexpect."""
+        self.output = io.StringIO()  # everything the server printed, for failures
+        self.sockets: list[socket.socket] = []  # opened by connect(); closed by kill()
+        self.child: PopenSpawn[str] = PopenSpawn(
+            command,
+            timeout=WAIT,
+            env=environment,
+            encoding="utf-8",
+            codec_errors="replace",
+            preexec_fn=preexec_fn,
+        )
+        self.child.logfile_read = self.output
         self.pid = self.child.proc.pid
 
     def next_line(self, timeout: float | None = None) -> str:
@@ -278,18 +298,250 @@ def patched_server(patch: str, before: str = "") -> list[str]:
     return [sys.executable, "-c", code]
 
 
+# ---------------------------------------------------------------- another server, on the wire
+
+CHECK_WAIT = 2.0  # seconds: the most one expectation waits when checking another server
+STOP_WAIT = 1.0  # seconds another server has to exit on SIGINT before it is killed
+STILL_RUNNING = "gone back to sleep (does its loop spin?)"
+
+
+class StartError(AssertionError):
+    """Another server did not start: it exited, or did not listen in time."""
+
+
+class CommandServer(ServerProcess):
+    """Any server, started from a shell command line whose {mode} and {port} are filled
+    in, and judged on the wire only (see Session): what it prints is kept for failure
+    messages, not compared. It is found by its 'listening on HOST:PORT' line if it
+    prints one, else on the free port put in {port}, once that listens. stop() ends it
+    with SIGINT (then SIGKILL) and does not judge how it exits."""
+
+    def __init__(self, command: str, mode: str) -> None:
+        port = free_port()
+        line = command.replace("{mode}", mode).replace("{port}", str(port))
+        # Through a shell, so that any command line works (`cd dir && ./server`,
+        # `PORT={port} node server.js`), in a session of its own, so that a signal to
+        # its process group reaches whatever the shell starts.
+        self.start(["/bin/sh", "-c", line], dict(os.environ), os.setsid)
+        self.group: list[int] = []  # its processes, once it listens
+        self.spins = False  # it never went to sleep: stop waiting for that
+        try:
+            self.host, self.port = self.find(port, port_given="{port}" in command)
+        except StartError:
+            self.kill()
+            raise
+        self.group = process_group(self.pid)
+
+    def find(self, port: int, port_given: bool) -> tuple[str, int]:
+        """Wait (bounded: WAIT) until the server says where it listens, or its port
+        listens; fail at once, saying so, if it exits first."""
+        deadline = time.monotonic() + WAIT
+        while True:
+            try:
+                self.child.expect_exact("\n", timeout=0.01)
+                match = re.search(LISTENING.pattern, str(self.child.before), re.IGNORECASE)
+                if match is not None:
+                    return reachable(match["v6"] or match["v4"]), int(match["port"])
+                continue
+            except pexpect.TIMEOUT:
+                pass
+            except pexpect.EOF:  # it closed its output: it has exited, or will
+                time.sleep(0.01)
+            status = self.child.proc.poll()
+            if status is not None:
+                raise StartError(
+                    f"the server exited with status {status} before it listened; "
+                    f"{self.last_words()}"
+                )
+            host = listening_host(port) if port_given else None
+            if host is not None:
+                return host, port
+            if time.monotonic() > deadline:
+                where = "on the port put in {port}" if port_given else "(no {port} in the command)"
+                raise StartError(
+                    f"the server did not listen within {WAIT} s: it printed no 'listening on "
+                    f"HOST:PORT' line, and nothing listens {where}; {self.last_words()}"
+                )
+
+    def last_words(self) -> str:
+        """The last line the server printed, for a message saying why it failed."""
+        lines = [line for line in self.output.getvalue().splitlines() if line.strip()]
+        return f"its last line: {lines[-1]!r}" if lines else "it printed nothing"
+
+    def wait_until_settled(self, client_ports: list[int], wait: float) -> str:
+        """Wait (bounded) until the server has taken in everything the clients (on these
+        ports) did, as the kernel shows it (Linux): every connection accepted, every
+        byte and FIN sent delivered and read, and the server asleep again, done acting
+        on them. Return "" once it is, else what it has still not done.
+
+        This is what our server's log lines are for in a transcript: a barrier, so that
+        the next action cannot overtake what the last ones caused. Without /proc it is a
+        short pause instead.
+        """
+        if not sys.platform.startswith("linux"):
+            time.sleep(QUIET)  # nothing to ask, only time to give
+            return ""
+        deadline = time.monotonic() + wait
+        while True:
+            if self.child.proc.poll() is not None:
+                return ""  # it has exited: the next expectation says so
+            still = self.unsettled(client_ports)
+            if not still or time.monotonic() > deadline:
+                self.spins = still == STILL_RUNNING
+                return still
+            time.sleep(0.001)
+
+    def unsettled(self, client_ports: list[int]) -> str:
+        """What the server has still not done that wait_until_settled waits for, or ""."""
+        table = tcp_table(self.port)
+        server_ends = {entry.remote_port for entry in table if entry.local_port == self.port}
+        for entry in table:
+            if entry.local_port == self.port:  # the listener, or the server's end of a client
+                if entry.state == TCP_SYN_RECV or (entry.state == TCP_LISTEN and entry.rx_queue):
+                    return "accepted every connection"
+                if entry.state != TCP_LISTEN and entry.rx_queue:
+                    return "read every byte sent to it"
+            elif entry.remote_port == self.port and entry.local_port in client_ports:
+                if entry.tx_queue or entry.state in (TCP_SYN_SENT, TCP_FIN_WAIT1):
+                    return "received every byte and FIN sent to it"
+                if entry.state == TCP_ESTABLISHED and entry.local_port not in server_ends:
+                    return "accepted every connection"
+        # Asked after the table: asleep now, it has acted on all that the table showed read.
+        if not self.spins and any(is_running(pid) for pid in self.group):
+            return STILL_RUNNING
+        return ""
+
+    def stop(self, sig: int = signal.SIGINT) -> str:
+        """Signal the server's process group, give it STOP_WAIT seconds, then kill it;
+        how it exits is not judged. Return what it printed last."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.child.proc.wait(timeout=STOP_WAIT)
+        self.kill()
+        return ""
+
+    def kill(self) -> None:
+        """Kill the server's whole process group, and close the sockets of connect()."""
+        for sock in self.sockets:
+            sock.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        self.child.proc.wait(timeout=WAIT)
+
+
+def free_port() -> int:
+    """A TCP port that nothing listens on now, for {port}."""
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def reachable(host: str) -> str:
+    """Where to connect to a server that says it listens on host: the loopback address
+    for 'any address' ("0.0.0.0", "::" or "")."""
+    return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+
+
+# Connection states as /proc/net/tcp numbers them (include/net/tcp_states.h).
+TCP_ESTABLISHED, TCP_SYN_SENT, TCP_SYN_RECV, TCP_FIN_WAIT1 = 1, 2, 3, 4
+TCP_LISTEN = 10
+
+
+@dataclass(frozen=True)
+class TcpEntry:
+    """One line of /proc/net/tcp or tcp6: a socket, as the kernel sees it."""
+
+    local_address: str
+    local_port: int
+    remote_port: int
+    state: int
+    tx_queue: int  # bytes sent and not yet acknowledged by the other end
+    rx_queue: int  # bytes received and not yet read; on a listener, connections not accepted
+
+
+def tcp_table(port: int) -> list[TcpEntry]:
+    """The TCP sockets with port at either end (Linux), from /proc/net/tcp and tcp6."""
+    entries = []
+    column = f":{port:04X} ".encode()  # how an address with this port ends in the table
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(path).read_bytes().split(b"\n")[1:]:
+                if column not in line:
+                    continue  # other sockets: the table may hold thousands
+                local, remote, state, queues = line.decode().split()[1:5]
+                address, local_port = local.split(":")
+                tx, rx = queues.split(":")
+                entries.append(
+                    TcpEntry(
+                        proc_address(address),
+                        int(local_port, 16),
+                        int(remote.split(":")[1], 16),
+                        int(state, 16),
+                        int(tx, 16),
+                        int(rx, 16),
+                    )
+                )
+    return entries
+
+
+def proc_address(hex_address: str) -> str:
+    """An IP address as /proc/net/tcp writes it: 32-bit words, each in host byte order."""
+    raw = bytes.fromhex(hex_address)
+    words = [int.from_bytes(raw[i : i + 4], "big") for i in range(0, len(raw), 4)]
+    packed = b"".join(word.to_bytes(4, sys.byteorder) for word in words)
+    family = socket.AF_INET if len(packed) == 4 else socket.AF_INET6
+    return socket.inet_ntop(family, packed)
+
+
+def listening_host(port: int) -> str | None:
+    """Where to connect to whatever listens on port, or None if nothing does yet.
+    Linux: from the kernel's table, without connecting. Elsewhere: by connecting."""
+    if not sys.platform.startswith("linux"):
+        for host in ("127.0.0.1", "::1"):
+            with contextlib.suppress(OSError), socket.create_connection((host, port), 0.1):
+                return host
+        return None
+    for entry in tcp_table(port):
+        if entry.local_port == port and entry.state == TCP_LISTEN:
+            return reachable(entry.local_address)
+    return None
+
+
+def process_group(pgid: int) -> list[int]:
+    """The processes of a process group (Linux; elsewhere, none)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                members.append(int(stat.parent.name))
+    return members
+
+
+def is_running(pid: int) -> bool:
+    """True while any thread of the process is running or about to (state R)."""
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            if stat.read_text().rsplit(")", 1)[1].split()[0] == "R":
+                return True
+    return False
+
+
 # ---------------------------------------------------------------- clients
 
 
 class Client:
     """One named client of a transcript: a socket driven through pexpect."""
 
-    def __init__(self, name: str, server: ServerProcess) -> None:
+    def __init__(self, name: str, server: ServerProcess, wait: float | None = None) -> None:
         self.name = name
-        self.sock = socket.create_connection((server.host, server.port), timeout=WAIT)
+        self.wait = WAIT if wait is None else wait  # the most one expectation waits
+        self.sock = socket.create_connection((server.host, server.port), timeout=self.wait)
         self.address = host_port(self.sock.getsockname())
-        self.spawn: SocketSpawn[bytes] = SocketSpawn(self.sock, timeout=WAIT, maxread=65536)
+        self.port: int = self.sock.getsockname()[1]  # to find its connection in /proc
+        self.spawn: SocketSpawn[bytes] = SocketSpawn(self.sock, timeout=self.wait, maxread=65536)
         self.closed = False  # we closed or reset it: nothing more can be read
+        self.half_closed = False  # it sent EOF: the server owes it a close
         self.at_eof = False  # the server closed it and we read the EOF
 
     def take_unread(self) -> bytes:
@@ -310,6 +562,11 @@ class Client:
                 return extra
             extra += chunk
 
+    def read_more(self, deadline: float) -> bytes:
+        """Wait until deadline at most for more bytes; raise pexpect.TIMEOUT if none came,
+        pexpect.EOF if the server closed, ConnectionResetError if it reset."""
+        return self.spawn.read_nonblocking(65536, max(0.001, deadline - time.monotonic()))
+
     def close(self, reset: bool = False) -> None:
         """Close the socket; with reset, the kernel sends RST instead of FIN."""
         if reset:
@@ -321,26 +578,57 @@ class Client:
 
 # ---------------------------------------------------------------- replaying a transcript
 
+SLOW = 0.5  # seconds: a wait longer than this is worth a note when checking another server
+
 
 class Session:
-    """A server and the named clients of one transcript, with the steps they can take."""
+    """A server and the named clients of one transcript, with the steps they can take.
+
+    With command, the server is that command's (see CommandServer), not ours, and only
+    the wire is judged: its log is not read, and `server:` lines only wait until it has
+    taken in what happened (see settle).
+    """
 
     def __init__(
-        self, transcript: Transcript, host: str = "127.0.0.1", python: str = sys.executable
+        self,
+        transcript: Transcript,
+        host: str = "127.0.0.1",
+        python: str = sys.executable,
+        command: str | None = None,
     ) -> None:
         self.transcript = transcript
-        self.server = ServerProcess(transcript.mode, host=host, python=python)
+        self.judges_log = command is None
+        self.server: ServerProcess
+        if command is None:
+            self.server = ServerProcess(transcript.mode, host=host, python=python)
+            self.wait = WAIT
+        else:
+            self.server = CommandServer(command, transcript.mode)
+            self.wait = CHECK_WAIT
         self.clients: dict[str, Client] = {}
+        # Differences from our server that are not failures, for `make check` to show.
+        self.notes: list[str] = []
 
     def fail(self, step: Step | None, expected: str, arrived: str) -> TranscriptError:
-        """An error that shows the transcript line, what was expected and what arrived."""
+        """An error that shows the transcript line, what was expected and what arrived
+        (and that the server has exited, if it has)."""
+        status = self.server.child.proc.poll()
+        if status is not None:
+            arrived += f" (the server had exited, status {status})"
         where = f"{step.lineno}: {step.text}" if step else "after the last line"
+        line = f"line {step.lineno} `{step.text}`" if step else "after the last line"
         return TranscriptError(
             f"{self.transcript.name}:{where}\n"
             f"  expected: {expected}\n"
             f"  arrived:  {arrived}\n"
-            f"server output so far:\n{self.server.output.getvalue()}"
+            f"server output so far:\n{self.server.output.getvalue()}",
+            summary=f"{line}: expected {expected}, arrived {arrived}",
+            notes=list(self.notes),
         )
+
+    def note(self, step: Step, text: str) -> None:
+        """Keep a note on a difference that is not a failure, naming the line."""
+        self.notes.append(f"line {step.lineno} `{step.text}` {text}")
 
     def client(self, step: Step) -> Client:
         if step.actor not in self.clients:
@@ -349,26 +637,50 @@ class Session:
             )
         return self.clients[step.actor]
 
+    def connect(self, step: Step) -> Client:
+        """Connect a new client. Another server may say it listens a moment before it
+        does: its refusals are retried (bounded), with a note."""
+        started = time.monotonic()
+        while True:
+            try:
+                client = Client(step.actor, self.server, self.wait)
+            except ConnectionRefusedError as error:
+                late = time.monotonic() - started > self.wait
+                if self.judges_log or late or self.server.child.proc.poll() is not None:
+                    raise self.fail(step, "a connection", f"{error.strerror}") from None
+                time.sleep(0.01)  # nothing to wait on: a refused connect leaves no trace
+                continue
+            except OSError as error:
+                raise self.fail(step, "a connection", f"{type(error).__name__}: {error}") from None
+            took = time.monotonic() - started
+            if took > 0.01:
+                self.note(step, f"was refused for {took:.1f} s: it needed a moment to accept")
+            return client
+
     def act(self, step: Step, check_unread: bool = True) -> None:
         """Carry out one action step; first, with check_unread, fail if the client has
         received bytes that no step expected (rather than lose them in a close)."""
         if step.verb == "connects":
-            self.clients[step.actor] = Client(step.actor, self.server)
+            self.clients[step.actor] = self.connect(step)
             return
         client = self.client(step)
         stray = client.take_unread() if check_unread else b""
         if stray:
             raise self.fail(step, "nothing before this step", bytes_text(stray))
-        if step.verb == "sends":
-            client.sock.sendall(step.data)
-        elif step.verb == "sends-urgent":
-            client.sock.send(step.data, socket.MSG_OOB)
-        elif step.verb == "half-closes":
-            client.sock.shutdown(socket.SHUT_WR)
-        elif step.verb == "closes":
-            client.close()
-        elif step.verb == "resets":
-            client.close(reset=True)
+        try:
+            if step.verb == "sends":
+                client.sock.sendall(step.data)
+            elif step.verb == "sends-urgent":
+                client.sock.send(step.data, socket.MSG_OOB)
+            elif step.verb == "half-closes":
+                client.sock.shutdown(socket.SHUT_WR)
+                client.half_closed = True
+            elif step.verb == "closes":
+                client.close()
+            elif step.verb == "resets":
+                client.close(reset=True)
+        except OSError as error:  # the server reset it, or has gone
+            raise self.fail(step, "no error", f"{type(error).__name__}: {error}") from None
 
     def check(self, step: Step) -> None:
         """Wait (bounded) for one observation step and compare it exactly."""
@@ -379,24 +691,65 @@ class Session:
                 raise self.fail(step, repr(expected), repr(line))
             return
         client = self.client(step)
-        try:
-            if step.eof:
-                client.spawn.expect(pexpect.EOF)
+        started = time.monotonic()
+        if step.eof:
+            self.receive_eof(client, step)
+        else:
+            self.receive(client, step)
+        took = time.monotonic() - started
+        if took > SLOW:
+            later = step.eof and client.half_closed
+            why = ": the server closed the half-closed client later" if later else ""
+            self.note(step, f"came after {took:.1f} s{why}")
+
+    def receive(self, client: Client, step: Step) -> None:
+        """Wait (bounded) until the client has received exactly step.data next; fail at
+        once when a byte differs, else when the wait runs out."""
+        arrived = client.take_unread()
+        deadline = time.monotonic() + client.wait
+        while not arrived.startswith(step.data):
+            if not step.data.startswith(arrived):
+                raise self.fail(step, self.shown(step), bytes_text(arrived))
+            try:
+                arrived += client.read_more(deadline)
+            except pexpect.TIMEOUT:
+                raise self.fail(step, self.shown(step), f"{arrived!r} and then nothing") from None
+            except pexpect.EOF:
                 client.at_eof = True
-            else:
-                client.spawn.expect_exact(step.data)
+                raise self.fail(step, self.shown(step), f"{arrived!r} and then EOF") from None
+            except ConnectionResetError:
+                arrived_text = f"{arrived!r} and then a reset (ECONNRESET)"
+                raise self.fail(step, self.shown(step), arrived_text) from None
+        client.spawn.buffer = arrived[len(step.data) :]  # for the next step
+
+    def receive_eof(self, client: Client, step: Step) -> None:
+        """Wait (bounded) until the server closes the client, with nothing before it."""
+        arrived = client.take_unread()
+        try:
+            if not arrived:
+                arrived = client.read_more(time.monotonic() + client.wait)
         except pexpect.TIMEOUT:
-            arrived = bytes_text(client.spawn.buffer)
-            raise self.fail(step, self.shown(step), f"{arrived} and then nothing") from None
+            raise self.fail(step, "EOF", "nothing") from None
         except pexpect.EOF:
             client.at_eof = True
-            arrived = bytes_text(client.spawn.before or b"")
-            raise self.fail(step, self.shown(step), f"{arrived} and then EOF") from None
+            return
         except ConnectionResetError:
-            raise self.fail(step, self.shown(step), "a reset (ECONNRESET)") from None
-        before = client.spawn.before or b""
-        if before:
-            raise self.fail(step, self.shown(step), f"{bytes_text(before)} before it")
+            raise self.fail(step, "EOF", "a reset (ECONNRESET)") from None
+        raise self.fail(step, "EOF", bytes_text(arrived))
+
+    def settle(self, step: Step) -> None:
+        """In place of a `server:` line, for a server whose log is not judged: wait until
+        it has taken in what the clients did (see CommandServer.wait_until_settled), so
+        that the next action cannot overtake it, as the log line would have ensured."""
+        assert isinstance(self.server, CommandServer)
+        started = time.monotonic()
+        ports = [client.port for client in self.clients.values()]
+        still = self.server.wait_until_settled(ports, self.wait)
+        took = time.monotonic() - started
+        if still:
+            self.note(step, f"waited {took:.1f} s: the server had still not {still}")
+        elif took > SLOW:
+            self.note(step, f"waited {took:.1f} s for the server to take in what came before")
 
     @staticmethod
     def shown(step: Step) -> str:
@@ -421,6 +774,8 @@ class Session:
             extra = client.take_unread()
             if extra:
                 raise self.fail(None, f"nothing more for {client.name}", bytes_text(extra))
+        if not self.judges_log:
+            return
         extra_lines = [self.with_names(line) for line in self.server.new_lines()]
         if extra_lines:
             raise self.fail(None, "no more server lines", repr(extra_lines))
@@ -432,9 +787,18 @@ class Session:
         self.server.kill()
 
 
-def replay(transcript: Transcript, host: str = "127.0.0.1", python: str = sys.executable) -> None:
-    """Play a transcript against a fresh server; raise TranscriptError where it differs."""
-    session = Session(transcript, host, python)
+def replay(
+    transcript: Transcript,
+    host: str = "127.0.0.1",
+    python: str = sys.executable,
+    command: str | None = None,
+) -> list[str]:
+    """Play a transcript against a fresh server; raise TranscriptError where it differs.
+
+    With command, against that server instead of ours (see Session), whose exit is not
+    judged either. Return the notes on differences that are not failures.
+    """
+    session = Session(transcript, host, python, command)
     previous_was_action = False
     try:
         for step in transcript.steps:
@@ -442,14 +806,25 @@ def replay(transcript: Transcript, host: str = "127.0.0.1", python: str = sys.ex
                 # Right after another action, bytes it caused may already be here, and
                 # the observations after this one will account for them.
                 session.act(step, check_unread=not previous_was_action)
+            elif step.verb == "server" and not session.judges_log:
+                session.settle(step)
             else:
                 session.check(step)
             previous_was_action = step.is_action
         session.check_nothing_more()
-        last = session.server.stop()
-        assert re.search(r"SIGINT: closing \d+ clients and exiting", last), last
+        if session.judges_log:
+            last = session.server.stop()
+            assert re.search(r"SIGINT: closing \d+ clients and exiting", last), last
+        else:
+            session.server.new_lines()  # take in what it printed, to look for this:
+            if not re.search(LISTENING.pattern, session.server.output.getvalue(), re.I):
+                session.notes.append(
+                    "it printed no 'listening on HOST:PORT' line: "
+                    "the check waited for the port in {port} to listen"
+                )
     finally:
         session.close()
+    return session.notes
 
 
 # ---------------------------------------------------------------- recording
@@ -620,9 +995,11 @@ def model(mode: str, actions: list[Action]) -> list[str]:
 
 
 @st.composite
-def sessions(draw: st.DrawFn) -> tuple[str, list[Action]]:
+def sessions(
+    draw: st.DrawFn, modes: tuple[str, ...] = ("ack", "broadcast")
+) -> tuple[str, list[Action]]:
     """A mode and up to 16 actions of up to five clients, each valid where it stands."""
-    mode = draw(st.sampled_from(["ack", "broadcast"]))
+    mode = draw(st.sampled_from(modes))
     newcomers = list(NAMES)  # names that have not connected yet, in order
     online: list[str] = []
     actions: list[Action] = []
@@ -651,9 +1028,11 @@ def sessions(draw: st.DrawFn) -> tuple[str, list[Action]]:
     return mode, actions
 
 
-def generated_transcript(mode: str, actions: list[Action]) -> str:
+def generated_transcript(
+    mode: str, actions: list[Action], found_by: str = "test_generated_sessions_match_the_model"
+) -> str:
     """A generated session in the transcript format, ready to save under transcripts/."""
-    header = ["# Found by test_generated_sessions_match_the_model.", f"mode {mode}", ""]
+    header = [f"# Found by {found_by}.", f"mode {mode}", ""]
     return "\n".join(header + model(mode, actions)) + "\n"
 
 
@@ -2067,14 +2446,189 @@ def test_bench_smoke_run_fails_when_relayed_bytes_are_wrong() -> None:
     assert re.search(failed, result.stdout, re.M), result.stdout
 
 
+# ---------------------------------------------------------------- make check: any server
+
+CHECK_SECONDS = 50.0  # a check this old stops generating (or shrinking) sessions
+GENERATED = 20  # generated sessions per check (the same ones every time)
+
+
+class OutOfTime(BaseException):
+    """Ends hypothesis's search at once. Not an Exception, so that hypothesis does not
+    take it for a failure of the session to shrink."""
+
+
+class Report:
+    """What `make check` prints: one line per result as soon as it is known (a note
+    said once is not repeated), and the counts for the last line."""
+
+    def __init__(self) -> None:
+        self.passed = 0
+        self.failed = 0
+        self.noted: set[str] = set()
+
+    def result(self, name: str, difference: str | None, notes: list[str] | None = None) -> None:
+        new = [note for note in dict.fromkeys(notes or []) if note not in self.noted]
+        self.noted.update(new)
+        noted = f" (note: {'; '.join(new)})" if new else ""
+        if difference is None:
+            self.passed += 1
+            print(f"pass  {name}{noted}", flush=True)
+        else:
+            self.failed += 1
+            print(f"FAIL  {name}: {difference}{noted}", flush=True)
+
+
+def check(commands: list[tuple[str, tuple[str, ...]]], examples: int = GENERATED) -> int:
+    """Check other servers against every transcript of their modes, and against generated
+    sessions, on the wire only (see Session); print a report that ends with
+    `N passed, M failed`. Return the exit status: 0 only when all passed."""
+    deadline = time.monotonic() + CHECK_SECONDS
+    report = Report()
+    for command, modes in commands:
+        print(f"checking ({' and '.join(modes)} mode): {command}", flush=True)
+        check_command(command, modes, examples, deadline, report)
+    print(f"{report.passed} passed, {report.failed} failed")
+    return 0 if report.failed == 0 and report.passed > 0 else 1
+
+
+def check_command(
+    command: str, modes: tuple[str, ...], examples: int, deadline: float, report: Report
+) -> None:
+    """Replay the transcripts of these modes, then generated sessions, against command.
+    A server that does not start fails the first transcript, and the rest are not run."""
+    transcripts = [parse(path.read_text(), path.stem) for path in transcript_files()]
+    transcripts = [transcript for transcript in transcripts if transcript.mode in modes]
+    for index, transcript in enumerate(transcripts):
+        try:
+            notes = replay(transcript, command=command)
+        except StartError as error:
+            report.result(transcript.name, str(error))
+            for rest in transcripts[index + 1 :]:
+                report.result(rest.name, "not run: the server did not start")
+            if examples:
+                report.result(generated_name(modes), "not run: the server did not start")
+            return
+        except TranscriptError as error:
+            report.result(transcript.name, error.summary, error.notes)
+        except Exception as error:  # a harness error is reported too, not a traceback
+            report.result(transcript.name, f"{type(error).__name__}: {error}".splitlines()[0])
+        else:
+            report.result(transcript.name, None, notes)
+    if examples:
+        check_generated(command, modes, examples, deadline, report)
+
+
+def generated_name(modes: tuple[str, ...]) -> str:
+    return f"generated sessions ({' and '.join(modes)})"
+
+
+def check_generated(
+    command: str, modes: tuple[str, ...], examples: int, deadline: float, report: Report
+) -> None:
+    """Replay generated sessions against command and compare them with the model; on a
+    failure hypothesis shrinks the session (until deadline), and the smallest failing
+    session is printed as a transcript, to save under transcripts/."""
+    failures: list[tuple[tuple[int, int], str, TranscriptError]] = []
+    ran = 0
+
+    @settings(
+        max_examples=examples,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        verbosity=Verbosity.quiet,
+        report_multiple_bugs=False,  # one failure, shrunk, is what the report shows
+    )
+    @given(sessions(modes))
+    def replay_generated(session: tuple[str, list[Action]]) -> None:
+        nonlocal ran
+        if time.monotonic() > deadline:
+            raise OutOfTime
+        ran += 1
+        mode, actions = session
+        text = generated_transcript(mode, actions, found_by=f"make check, against {command}")
+        try:
+            replay(parse(text, "generated.txt"), command=command)
+        except TranscriptError as error:
+            size = (len(actions), sum(len(action.data) for action in actions))
+            failures.append((size, text, error))
+            raise
+        except StartError:
+            raise OutOfTime from None  # not a failure of this session: don't shrink it
+
+    found: Exception | None = None
+    try:
+        replay_generated()
+    except OutOfTime:
+        pass
+    except Exception as error:  # the failure, or hypothesis's word that it was unsteady
+        found = error
+    name = generated_name(modes)
+    if failures:
+        _, text, smallest = min(failures, key=lambda failure: failure[0])
+        notes = list(smallest.notes)
+        if isinstance(found, Flaky):
+            notes.append("it did not fail every time it was replayed")
+        report.result(name, f"{smallest.summary}; the session, shrunk:", notes)
+        print(textwrap.indent(text, "    "), end="", flush=True)
+    elif found is not None:  # not a difference on the wire: the harness failed
+        report.result(name, f"{type(found).__name__}: {found}".splitlines()[0])
+    else:
+        notes = [] if ran >= examples else [f"only {ran} of {examples} ran in the time"]
+        report.result(f"{name}: {ran}, each as the model predicts", None, notes)
+
+
+def check_main(argv: list[str]) -> int:
+    """`python test_transcripts.py check --server CMD` (or --ack CMD, --broadcast CMD)."""
+    parser = argparse.ArgumentParser(
+        prog="python test_transcripts.py check",
+        description="Check any server against the transcripts and generated sessions, on "
+        "the wire only. CMD is a shell command line; {mode} becomes ack or broadcast, "
+        "{port} a free port. A server that prints 'listening on HOST:PORT' is found there.",
+    )
+    parser.add_argument("--server", metavar="CMD", help="a server of both modes")
+    parser.add_argument("--ack", metavar="CMD", help="a server of ack mode only")
+    parser.add_argument("--broadcast", metavar="CMD", help="a server of broadcast mode only")
+    parser.add_argument(
+        "--examples",
+        type=int,
+        default=GENERATED,
+        metavar="N",
+        help="generated sessions per command (0: none)",
+    )
+    args = parser.parse_args(argv)
+    commands: list[tuple[str, tuple[str, ...]]] = []
+    if args.server:
+        commands.append((args.server, ("ack", "broadcast")))
+    if args.ack:
+        commands.append((args.ack, ("ack",)))
+    if args.broadcast:
+        commands.append((args.broadcast, ("broadcast",)))
+    if not commands:
+        parser.error("give --server CMD, or --ack CMD and/or --broadcast CMD")
+    return check(commands, args.examples)
+
+
 def main(argv: list[str]) -> int:
-    """`python test_transcripts.py record [FILE...]`: rewrite transcripts from the server."""
-    if not argv or argv[0] != "record":
+    """`python test_transcripts.py record [FILE...]`: rewrite transcripts from the server.
+    `python test_transcripts.py check --server CMD`: check another server (check_main)."""
+    if argv[:1] == ["check"]:
+        return check_main(argv[1:])
+    if argv[:1] != ["record"]:
         print(__doc__)
         return 2
     paths = [Path(arg) for arg in argv[1:]] or transcript_files()
     for path in paths:
-        new = record(parse(path.read_text(), path.name))
+        if not path.is_file():
+            print(f"record: no such transcript: {path}", file=sys.stderr)
+            return 1
+    for path in paths:
+        try:
+            transcript = parse(path.read_text(), path.name)
+        except TranscriptError as error:
+            print(f"record: {error}", file=sys.stderr)
+            return 1
+        new = record(transcript)
         changed = new != path.read_text()
         path.write_text(new)
         print(f"{'rewrote' if changed else 'unchanged'} {path}")

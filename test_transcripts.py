@@ -657,9 +657,12 @@ class Session:
                 self.note(step, f"was refused for {took:.1f} s: it needed a moment to accept")
             return client
 
-    def act(self, step: Step, check_unread: bool = True) -> None:
+    def act(self, step: Step, check_unread: bool = True, closes_next: bool = False) -> None:
         """Carry out one action step; first, with check_unread, fail if the client has
-        received bytes that no step expected (rather than lose them in a close)."""
+        received bytes that no step expected (rather than lose them in a close). With
+        closes_next, a send waits for the client's next action, a close or half-close, to
+        go out with its FIN in one segment (Linux), so that the server reads the bytes
+        and finds the EOF in the same round however busy the machine is."""
         if step.verb == "connects":
             self.clients[step.actor] = self.connect(step)
             return
@@ -668,6 +671,8 @@ class Session:
         if stray:
             raise self.fail(step, "nothing before this step", bytes_text(stray))
         try:
+            if step.verb == "sends" and closes_next and hasattr(socket, "TCP_CORK"):
+                client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)  # FIN sends it
             if step.verb == "sends":
                 client.sock.sendall(step.data)
             elif step.verb == "sends-urgent":
@@ -787,6 +792,13 @@ class Session:
         self.server.kill()
 
 
+def closes_next(step: Step, following: Step | None) -> bool:
+    """True where the next step is the same client's close or half-close."""
+    if following is None or following.actor != step.actor:
+        return False
+    return following.verb in ("half-closes", "closes")
+
+
 def replay(
     transcript: Transcript,
     host: str = "127.0.0.1",
@@ -801,11 +813,11 @@ def replay(
     session = Session(transcript, host, python, command)
     previous_was_action = False
     try:
-        for step in transcript.steps:
+        for step, following in zip(transcript.steps, [*transcript.steps[1:], None]):
             if step.is_action:
                 # Right after another action, bytes it caused may already be here, and
                 # the observations after this one will account for them.
-                session.act(step, check_unread=not previous_was_action)
+                session.act(step, not previous_was_action, closes_next(step, following))
             elif step.verb == "server" and not session.judges_log:
                 session.settle(step)
             else:
@@ -2478,11 +2490,15 @@ class Report:
             print(f"FAIL  {name}: {difference}{noted}", flush=True)
 
 
-def check(commands: list[tuple[str, tuple[str, ...]]], examples: int = GENERATED) -> int:
+def check(
+    commands: list[tuple[str, tuple[str, ...]]],
+    examples: int = GENERATED,
+    seconds: float = CHECK_SECONDS,
+) -> int:
     """Check other servers against every transcript of their modes, and against generated
     sessions, on the wire only (see Session); print a report that ends with
     `N passed, M failed`. Return the exit status: 0 only when all passed."""
-    deadline = time.monotonic() + CHECK_SECONDS
+    deadline = time.monotonic() + seconds
     report = Report()
     for command, modes in commands:
         print(f"checking ({' and '.join(modes)} mode): {command}", flush=True)
@@ -2607,6 +2623,169 @@ def check_main(argv: list[str]) -> int:
     if not commands:
         parser.error("give --server CMD, or --ack CMD and/or --broadcast CMD")
     return check(commands, args.examples)
+
+
+# ---------------------------------------------------------------- tests of make check
+
+# Broken copies of the server: each puts back a mistake of the seed's (or a tutorial's)
+# as (old text, new text) replacements in the source of select_server.py. When the
+# server changes, update the old texts; broken_copy() names one that no longer matches.
+
+# Replies wait for step 3, as in the seed, and a client is closed as soon as recv()
+# returns b"", before it has been sent what it is owed.
+CLOSES_BEFORE_PAYING = [
+    ("            sent = self.send_some(client, data)\n", "            sent = 0\n"),
+    (
+        "        self.inputs.remove(client.sock)\n        if not client.outbox:\n",
+        "        self.inputs.remove(client.sock)\n        if True:\n",
+    ),
+]
+# Broadcast relays every chunk to its sender too.
+ECHOES_TO_SENDER = [("if other is not client and not other.hung_up:", "if not other.hung_up:")]
+# Broadcast relays every chunk without its last byte.
+DROPS_LAST_BYTE = [("self.send(other, data)", "self.send(other, data[:-1])")]
+# A reset raises ConnectionResetError out of the loop: the server dies, as the seed did.
+RESET_KILLS_SERVER = [
+    (
+        "except OSError as error:  # e.g. ConnectionResetError: the client sent a reset",
+        "except ValueError as error:",
+    )
+]
+
+
+def transcripts_with(mode: str, verb: str) -> set[str]:
+    """The names of the transcripts of mode in which some client does verb."""
+    found = set()
+    for path in transcript_files():
+        transcript = parse(path.read_text(), path.stem)
+        if transcript.mode == mode and any(step.verb == verb for step in transcript.steps):
+            found.add(transcript.name)
+    return found
+
+
+BROKEN = {  # a broken copy, and the transcripts that the check must fail (and only those)
+    "closes-before-paying": (CLOSES_BEFORE_PAYING, {"ack_half_close"}),
+    "echoes-to-sender": (ECHOES_TO_SENDER, transcripts_with("broadcast", "sends")),
+    "drops-last-byte": (DROPS_LAST_BYTE, transcripts_with("broadcast", "sends")),
+    "reset-kills-server": (
+        RESET_KILLS_SERVER,
+        transcripts_with("ack", "resets") | transcripts_with("broadcast", "resets"),
+    ),
+}
+
+
+def broken_copy(patch: list[tuple[str, str]], directory: Path) -> str:
+    """Write select_server.py with patch's replacements made into directory; return the
+    command line that `make check` takes to run it."""
+    source = SERVER.read_text()
+    for old, new in patch:
+        assert source.count(old) == 1, f"the patch no longer fits select_server.py: {old!r}"
+        source = source.replace(old, new)
+    copy = directory / "select_server.py"
+    copy.write_text(source)
+    return f"{shlex.quote(sys.executable)} {shlex.quote(str(copy))} {{mode}} --port {{port}}"
+
+
+OUR_SERVER = f"{shlex.quote(sys.executable)} {shlex.quote(str(SERVER))} {{mode}} --port {{port}}"
+
+
+def run_check(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run `python test_transcripts.py check` to completion (bounded)."""
+    command = [sys.executable, str(Path(__file__).resolve()), "check", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=90)
+
+
+def failures(report: str) -> dict[str, str]:
+    """The failed results of a check's report: name -> what it says."""
+    lines = [line[len("FAIL  ") :] for line in report.splitlines() if line.startswith("FAIL  ")]
+    return {name: said for name, said in (line.split(": ", 1) for line in lines)}
+
+
+@linux_only
+def test_check_passes_our_own_server() -> None:
+    """`check` against this server: every transcript passes and so do the generated
+    sessions (five of them here), the report ends with the counts, and the exit status
+    is 0."""
+    result = run_check("--server", OUR_SERVER, "--examples", "5")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"checking (ack and broadcast mode): {OUR_SERVER}"
+    names = [path.stem for path in transcript_files()]
+    assert lines[1 : len(names) + 1] == [f"pass  {name}" for name in names]
+    assert (
+        lines[-2] == "pass  generated sessions (ack and broadcast): 5, each as the model predicts"
+    )
+    assert lines[-1] == f"{len(names) + 1} passed, 0 failed"
+
+
+@linux_only
+@pytest.mark.parametrize("name", BROKEN)
+def test_check_names_the_transcripts_a_broken_copy_fails(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Against a copy of the server with one mistake put back, the check fails exactly
+    the transcripts that show that mistake, each on one line with what was expected and
+    what arrived, and returns 1."""
+    monkeypatch.setattr(sys.modules[__name__], "CHECK_WAIT", 1.0)  # a missing byte: sooner
+    patch, failing = BROKEN[name]
+    status = check([(broken_copy(patch, tmp_path), ("ack", "broadcast"))], examples=0)
+    report = capsys.readouterr().out
+    assert status == 1, report
+    assert set(failures(report)) == failing, report
+    for difference in failures(report).values():
+        assert re.match(r"line \d+ `.*`: expected .*, arrived ", difference), difference
+    total = len(transcript_files())
+    assert report.splitlines()[-1] == f"{total - len(failing)} passed, {len(failing)} failed"
+
+
+@linux_only
+def test_check_prints_a_failing_generated_session_shrunk(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Against the copy that closes before paying, the generated sessions fail too, and
+    the report prints the session, shrunk, as a transcript: it passes against our
+    server and fails against the copy."""
+    command = broken_copy(CLOSES_BEFORE_PAYING, tmp_path)
+    assert check([(command, ("ack",))], seconds=6) == 1  # shrinking stops at 6 s
+    report = capsys.readouterr().out
+    assert failures(report)["generated sessions (ack)"].endswith("; the session, shrunk:")
+    indented = report.split("the session, shrunk:\n", 1)[1].rsplit("\n", 2)[0]
+    session = parse(textwrap.dedent(indented), "shrunk.txt")
+    replay(session)
+    with pytest.raises(TranscriptError):
+        replay(session, command=command)
+
+
+@linux_only
+def test_check_fails_fast_when_the_server_never_listens(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A command that runs but never listens fails the first transcript after WAIT
+    seconds (not a hang), saying so plainly; the rest are not run, and fail too."""
+    monkeypatch.setattr(sys.modules[__name__], "WAIT", 1.0)
+    sleeper = f"{shlex.quote(sys.executable)} -c 'import time; time.sleep(60)' {{port}}"
+    started = time.monotonic()
+    assert check([(sleeper, ("ack",))]) == 1
+    assert time.monotonic() - started < 1.0 + 3.0
+    report = capsys.readouterr().out.splitlines()
+    assert report[1] == (
+        "FAIL  ack_every_byte_value: the server did not listen within 1.0 s: it printed no "
+        "'listening on HOST:PORT' line, and nothing listens on the port put in {port}; "
+        "it printed nothing"
+    )
+    assert report[2] == "FAIL  ack_half_close: not run: the server did not start"
+    assert report[-1] == f"0 passed, {len(transcripts_with('ack', 'connects')) + 1} failed"
+
+
+def test_check_fails_at_once_when_the_server_exits() -> None:
+    """A server that exits before it listens (here: our own, given an option it does not
+    know) fails the check at once, with its last line in the report; exit status 1."""
+    result = run_check("--ack", OUR_SERVER + " --no-such-option")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stdout.splitlines()[1] == (
+        "FAIL  ack_every_byte_value: the server exited with status 2 before it listened; "
+        "its last line: 'select_server.py: error: unrecognized arguments: --no-such-option'"
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -520,9 +520,10 @@ def process_group(pgid: int) -> list[int]:
 
 def is_running(pid: int) -> bool:
     """True while any thread of the process is running or about to (state R)."""
-    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
-        with contextlib.suppress(OSError, IndexError):
-            if stat.read_text().rsplit(")", 1)[1].split()[0] == "R":
+    with contextlib.suppress(OSError):  # it has exited: not running
+        for task in os.listdir(f"/proc/{pid}/task"):
+            stat = Path(f"/proc/{pid}/task/{task}/stat").read_text()
+            if stat.rsplit(")", 1)[1].split()[0] == "R":
                 return True
     return False
 
@@ -609,9 +610,14 @@ class Session:
         # Differences from our server that are not failures, for `make check` to show.
         self.notes: list[str] = []
 
-    def fail(self, step: Step | None, expected: str, arrived: str) -> TranscriptError:
-        """An error that shows the transcript line, what was expected and what arrived
-        (and that the server has exited, if it has)."""
+    def fail(
+        self, step: Step | None, expected: str, arrived: str, ended: bool = False
+    ) -> TranscriptError:
+        """An error that shows the transcript line, what was expected and what arrived,
+        and that the server has exited, if it has. ended: the connection ended, which a
+        server that dies causes a moment before its exit status can be had."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.server.child.proc.wait(timeout=QUIET if ended else 0)
         status = self.server.child.proc.poll()
         if status is not None:
             arrived += f" (the server had exited, status {status})"
@@ -647,11 +653,12 @@ class Session:
             except ConnectionRefusedError as error:
                 late = time.monotonic() - started > self.wait
                 if self.judges_log or late or self.server.child.proc.poll() is not None:
-                    raise self.fail(step, "a connection", f"{error.strerror}") from None
+                    raise self.fail(step, "a connection", f"{error.strerror}", True) from None
                 time.sleep(0.01)  # nothing to wait on: a refused connect leaves no trace
                 continue
             except OSError as error:
-                raise self.fail(step, "a connection", f"{type(error).__name__}: {error}") from None
+                arrived = f"{type(error).__name__}: {error}"
+                raise self.fail(step, "a connection", arrived, True) from None
             took = time.monotonic() - started
             if took > 0.01:
                 self.note(step, f"was refused for {took:.1f} s: it needed a moment to accept")
@@ -685,7 +692,8 @@ class Session:
             elif step.verb == "resets":
                 client.close(reset=True)
         except OSError as error:  # the server reset it, or has gone
-            raise self.fail(step, "no error", f"{type(error).__name__}: {error}") from None
+            arrived = f"{type(error).__name__}: {error}"
+            raise self.fail(step, "no error", arrived, True) from None
 
     def check(self, step: Step) -> None:
         """Wait (bounded) for one observation step and compare it exactly."""
@@ -721,10 +729,11 @@ class Session:
                 raise self.fail(step, self.shown(step), f"{arrived!r} and then nothing") from None
             except pexpect.EOF:
                 client.at_eof = True
-                raise self.fail(step, self.shown(step), f"{arrived!r} and then EOF") from None
+                arrived_text = f"{arrived!r} and then EOF"
+                raise self.fail(step, self.shown(step), arrived_text, True) from None
             except ConnectionResetError:
                 arrived_text = f"{arrived!r} and then a reset (ECONNRESET)"
-                raise self.fail(step, self.shown(step), arrived_text) from None
+                raise self.fail(step, self.shown(step), arrived_text, True) from None
         client.spawn.buffer = arrived[len(step.data) :]  # for the next step
 
     def receive_eof(self, client: Client, step: Step) -> None:
@@ -739,7 +748,7 @@ class Session:
             client.at_eof = True
             return
         except ConnectionResetError:
-            raise self.fail(step, "EOF", "a reset (ECONNRESET)") from None
+            raise self.fail(step, "EOF", "a reset (ECONNRESET)", True) from None
         raise self.fail(step, "EOF", bytes_text(arrived))
 
     def settle(self, step: Step) -> None:
@@ -2460,7 +2469,7 @@ def test_bench_smoke_run_fails_when_relayed_bytes_are_wrong() -> None:
 
 # ---------------------------------------------------------------- make check: any server
 
-CHECK_SECONDS = 50.0  # a check this old stops generating (or shrinking) sessions
+CHECK_SECONDS = 45.0  # a check this old stops generating (or shrinking) sessions: under a minute
 GENERATED = 20  # generated sessions per check (the same ones every time)
 
 
@@ -2498,10 +2507,11 @@ def check(
     """Check other servers against every transcript of their modes, and against generated
     sessions, on the wire only (see Session); print a report that ends with
     `N passed, M failed`. Return the exit status: 0 only when all passed."""
-    deadline = time.monotonic() + seconds
+    started = time.monotonic()
     report = Report()
-    for command, modes in commands:
+    for index, (command, modes) in enumerate(commands):
         print(f"checking ({' and '.join(modes)} mode): {command}", flush=True)
+        deadline = started + seconds * (index + 1) / len(commands)  # a fair share each
         check_command(command, modes, examples, deadline, report)
     print(f"{report.passed} passed, {report.failed} failed")
     return 0 if report.failed == 0 and report.passed > 0 else 1

@@ -7,9 +7,9 @@ SOURCES := select_server.py test_transcripts.py bench.py
 PORT ?= 8000
 FUZZ_SECONDS ?= 600
 
-.PHONY: test ack broadcast record fuzz bench clean
+.PHONY: test ack broadcast record check fuzz bench clean venv
 
-test: $(VENV)/installed
+test: venv
 	$(BIN)/ruff check --target-version py38 --line-length 100 --select E,W,F,I,UP,B,FA,SIM $(SOURCES)
 	$(BIN)/ruff format --check --line-length 100 $(SOURCES)
 	$(BIN)/mypy --strict $(SOURCES)
@@ -19,12 +19,20 @@ ack broadcast:
 	$(PYTHON) select_server.py $@ --port $(PORT)
 
 # Rewrites transcripts from what the server sends now: review with `git diff`.
-record: $(VENV)/installed
-	$(BIN)/python test_transcripts.py record $(T)
+record: venv
+	@$(BIN)/python test_transcripts.py record $(T)
+
+# Replays every transcript, and generated sessions, against any server and judges only
+# what its clients receive: make check SERVER='python3 my_server.py {mode} --port {port}'
+# or, one server per mode, make check ACK='...' BROADCAST='...'. The commands reach the
+# script through the environment, so the quotes in them stay as written.
+check: venv
+	@$(BIN)/python test_transcripts.py check $${SERVER:+--server "$$SERVER"} \
+	  $${ACK:+--ack "$$ACK"} $${BROADCAST:+--broadcast "$$BROADCAST"}
 
 # Generated sessions for FUZZ_SECONDS (10 minutes), in rounds of 200 with new random
 # seeds. A failure stops it and prints the shrunk session as a transcript to save.
-fuzz: $(VENV)/installed
+fuzz: venv
 	@end=$$(( $$(date +%s) + $(FUZZ_SECONDS) )); round=0; \
 	while [ $$(date +%s) -lt $$end ]; do \
 	  round=$$((round + 1)); echo "fuzz round $$round: 200 generated sessions"; \
@@ -40,10 +48,24 @@ bench:
 	$(PYTHON) bench.py --against asyncio $(if $(CEILING),--against 'python $(CEILING) {mode}') \
 	  --repeat 3 --seconds 1 --warmup 0.5
 
-$(VENV)/installed: requirements-dev.txt
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
-	touch $@
+# .venv is built from $(PYTHON), checked first: the pinned tools need 3.11 or newer. It
+# is built again when requirements-dev.txt changes, and when .venv/installed (written
+# last) does not name $(PYTHON): another interpreter built it, or a build failed half-way.
+PYTHON_CHECK = $(shell $(PYTHON) -c 'import sys; \
+  print("ok" if sys.version_info >= (3, 11) else "Python " + sys.version.split()[0])' 2>/dev/null)
+PYTHON_NAME = $(shell $(PYTHON) -c 'import sys; print(sys.executable, sys.version.split()[0])')
+GOAL = make $(or $(MAKECMDGOALS),test)
+venv:
+	@$(if $(filter ok,$(PYTHON_CHECK)),,$(error $(GOAL) needs Python 3.11 or newer, and \
+	  $(PYTHON) is $(or $(PYTHON_CHECK),not found): pick another, e.g. $(GOAL) PYTHON=python3.12))
+	@name='$(PYTHON_NAME)'; \
+	if [ "$$(cat $(VENV)/installed 2>/dev/null)" != "$$name" ] \
+	  || [ requirements-dev.txt -nt $(VENV)/installed ]; then \
+	  echo "building $(VENV) with $$name"; \
+	  rm -rf $(VENV) && $(PYTHON) -m venv $(VENV) \
+	  && $(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt \
+	  && echo "$$name" > $(VENV)/installed; \
+	fi
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis __pycache__

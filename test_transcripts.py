@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
-import errno
 import hashlib
 import io
 import os
@@ -2649,19 +2648,17 @@ def check_main(argv: list[str]) -> int:
 # as (old text, new text) replacements in the source of select_server.py. When the
 # server changes, update the old texts; broken_copy() names one that no longer matches.
 
-# Replies wait for step 3, as in the seed, and a client is closed as soon as recv()
-# returns b"", before it has been sent what it is owed.
+# As in the seed: replies wait for step 3, a client is read while its ACK still waits,
+# and it is closed as soon as recv() returns b"", before it has been sent what it is owed.
 CLOSES_BEFORE_PAYING = [
     ("            sent = self.send_some(client, data)\n", "            sent = 0\n"),
-    (
-        "        self.inputs.remove(client.sock)\n        if not client.outbox:\n",
-        "        self.inputs.remove(client.sock)\n        if True:\n",
-    ),
+    ('args.max_buffer if self.mode == "broadcast" else 0', "args.max_buffer"),
+    ("        if client.outbox:\n            log(", "        if False:\n            log("),
 ]
 # Broadcast relays every chunk to its sender too.
-ECHOES_TO_SENDER = [("if other is not client and not other.hung_up:", "if not other.hung_up:")]
+ECHOES_TO_SENDER = [("            if client not in own:\n", "            if True:\n")]
 # Broadcast relays every chunk without its last byte.
-DROPS_LAST_BYTE = [("self.send(other, data)", "self.send(other, data[:-1])")]
+DROPS_LAST_BYTE = [("self.owe(client, joined)", "self.owe(client, joined[:-1])")]
 # A reset raises ConnectionResetError out of the loop: the server dies, as the seed did.
 RESET_KILLS_SERVER = [
     (

@@ -1114,6 +1114,173 @@ def test_generated_sessions_match_the_model(session: tuple[str, list[Action]]) -
         ) from None
 
 
+# ---------------------------------------------------------------- concurrent sessions
+
+ENDINGS = ["stays", "half-closes", "closes", "resets"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one client of a concurrent session does once all have connected: send this
+    many numbered messages, then at once stay, half-close, close or reset."""
+
+    messages: int
+    ending: str
+
+
+def numbered(client: int, number: int) -> bytes:
+    """Message number of client (counted from 1): b'<c1m0>', b'<c1m1>', ..."""
+    return b"<c%dm%d>" % (client, number)
+
+
+def concurrent_text(plans: list[Plan]) -> str:
+    """A concurrent session, written out for a failure message."""
+    lines = ["mode broadcast", "observer connects"]
+    lines += [f"c{i} connects" for i in range(1, len(plans) + 1)]
+    lines.append("# then at once, while the server is stopped (SIGSTOP):")
+    for i, plan in enumerate(plans, 1):
+        sends = " ".join(repr(numbered(i, m)) for m in range(plan.messages))
+        lines.append(f"c{i} sends {sends}, then {plan.ending}")
+    lines.append(f"# once the server has read it all: observer sends {END!r}")
+    return "\n".join(lines)
+
+
+def what_is_wrong(me: int, plans: list[Plan], received: bytes) -> list[str]:
+    """What the model finds wrong with what client number me received; [] if nothing.
+
+    A client that stays gets every message of every other client, each sender's in order,
+    none twice, none of its own; of a client that resets, only some first messages may
+    arrive (the reset may overtake them). A client that half-closes gets some first
+    messages of each other client (those the server read before its EOF), then EOF.
+    """
+    tokens = re.findall(rb"<c\d+m\d+>", received)
+    problems = [] if b"".join(tokens) == received else [f"not whole messages: {received!r}"]
+    by_sender: dict[int, list[int]] = {}
+    for token in tokens:
+        sender, number = map(int, re.findall(rb"\d+", token))
+        by_sender.setdefault(sender, []).append(number)
+    for sender, plan in enumerate(plans, 1):
+        got, every = by_sender.get(sender, []), list(range(plan.messages))
+        if sender == me:
+            if got:
+                problems.append(f"c{me} received its own messages {got}")
+        elif plans[me - 1].ending == "half-closes" or plan.ending == "resets":
+            if got != every[: len(got)]:
+                problems.append(f"c{me} received c{sender}'s {got}: not the first of {every}")
+        elif got != every:
+            problems.append(f"c{me} received c{sender}'s {got}, not {every}")
+    return problems
+
+
+END = b"<end>"  # sent last, by an observer: the bytes that end what a client receives
+
+
+def wait_until_all_is_read(server: ServerProcess, plans: list[Plan], names: dict[str, str]) -> None:
+    """Wait (bounded) until the server's log shows it has read all it will of the clients:
+    each that leaves is logged as disconnected, and each byte of each that stays as sent."""
+    leaving = {f"c{i}" for i, plan in enumerate(plans, 1) if plan.ending != "stays"}
+    unread = {
+        f"c{i}": sum(len(numbered(i, m)) for m in range(plan.messages))
+        for i, plan in enumerate(plans, 1)
+        if plan.ending == "stays"
+    }
+    while leaving or any(unread.values()):
+        line = server.expect_line(
+            r"^(\S+) (?:(disconnected): |sent (b'.*?')(?:\.\.\. \((\d+) bytes\))?$)"
+        )
+        name = names.get(line[1], line[1])
+        if line[2]:
+            assert name in leaving, f"{name} was dropped: {line.string}"
+            leaving.remove(name)
+        elif name in unread:
+            unread[name] -= int(line[4]) if line[4] else len(ast.literal_eval(line[3]))
+
+
+def play_concurrently(plans: list[Plan]) -> None:
+    """Connect one client per plan, stop the server, let every client send and end as
+    planned, continue the server; then check what each client received."""
+    server = ServerProcess("broadcast")  # not --quiet: the log shows what it has read
+    try:
+        observer = connect(server)
+        server.expect_line("connected")
+        socks = []
+        for _ in plans:
+            socks.append(connect(server))
+            server.expect_line("connected")
+        names = {host_port(sock.getsockname()): f"c{i}" for i, sock in enumerate(socks, 1)}
+        freeze(server.pid)  # so that every send and ending below meets the server at once
+        try:
+            for i, (sock, plan) in enumerate(zip(socks, plans), 1):
+                for number in range(plan.messages):
+                    sock.sendall(numbered(i, number))
+                if plan.ending == "half-closes":
+                    sock.shutdown(socket.SHUT_WR)
+                elif plan.ending == "resets":
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                if plan.ending in ("closes", "resets"):
+                    sock.close()
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        wait_until_all_is_read(server, plans, names)
+        observer.sendall(END)  # relayed after everything the server has read so far
+        received: dict[int, bytes] = {}
+        for i, (sock, plan) in enumerate(zip(socks, plans), 1):
+            if plan.ending == "half-closes":
+                received[i] = receive_until_eof(sock)
+            elif plan.ending == "stays":
+                data = receive_until_end(sock)
+                assert data.endswith(END), f"c{i} received {data!r} and then nothing"
+                received[i] = data[: -len(END)]
+        time.sleep(QUIET)  # nothing more may arrive: duplicates, or a stray message
+        for i, sock in enumerate(socks, 1):
+            if plans[i - 1].ending == "stays":
+                received[i] += receive_waiting(sock)
+        problems = [p for i in received for p in what_is_wrong(i, plans, received[i])]
+        assert not problems, "\n".join(
+            [*problems, "received:", *(f"  c{i}: {data!r}" for i, data in received.items())]
+        )
+        server.stop()
+    finally:
+        server.kill()
+
+
+def receive_until_end(sock: socket.socket, timeout: float = WAIT) -> bytes:
+    """Read until what came ends with END, the server closes, or timeout seconds pass."""
+    sock.settimeout(timeout)
+    data = b""
+    with contextlib.suppress(socket.timeout):
+        while not data.endswith(END) and (chunk := sock.recv(65536)):
+            data += chunk
+    return data
+
+
+def receive_waiting(sock: socket.socket) -> bytes:
+    """What has arrived on sock and not been read yet, without waiting."""
+    sock.setblocking(False)
+    chunks = []
+    with contextlib.suppress(BlockingIOError):
+        while chunk := sock.recv(1 << 20):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@linux_only
+@given(
+    st.lists(st.builds(Plan, st.integers(1, 4), st.sampled_from(ENDINGS)), min_size=2, max_size=5)
+)
+def test_concurrent_generated_sessions_lose_nothing(plans: list[Plan]) -> None:
+    """Broadcast: 2-5 clients connect, then all at once send numbered messages and stay,
+    half-close, close or reset. Each receives what the model can still predict (see
+    what_is_wrong): nothing lost, nothing twice, each sender's in order, none of its own.
+    A failure prints the shrunk session."""
+    try:
+        play_concurrently(plans)
+    except (AssertionError, OSError) as error:
+        raise AssertionError(
+            f"{error}\n\nThe session, shrunk:\n\n{concurrent_text(plans)}"
+        ) from None
+
+
 # ---------------------------------------------------------------- the harness itself
 
 WRONG = {  # the last line of a transcript, where it fails, and the start of the complaint

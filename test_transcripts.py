@@ -1831,6 +1831,13 @@ def peak_memory_mb(pid: int) -> float:
     return int(match[1]) / 1024
 
 
+def too_slow(reason: str) -> tuple[int, float]:
+    """The bytes still owed and the grace in a "too slow" drop's reason; fail if it is not one."""
+    match = re.fullmatch(r"too slow: still owed (\d+) bytes after (\S+) s", reason)
+    assert match is not None, f"not a 'too slow: still owed N bytes after G s' reason: {reason}"
+    return int(match[1]), float(match[2])
+
+
 def idle_cpu_seconds(server: ServerProcess, seconds: float = 1.0) -> float:
     """CPU time the server uses while the test waits and does nothing."""
     before = cpu_seconds(server.pid)
@@ -2565,9 +2572,8 @@ def test_reader_an_eighth_of_the_slowest_rate_is_dropped_and_the_room_moves_on()
             if sent - started >= RULE_GRACE + 1.0 and arrived[n] - sent >= 0.05
         }
         assert not late, f"dropped after {dropped_after:.2f} s; then chat took (ms): {late}"
-        reason = re.fullmatch(r"too slow: still owed (\d+) bytes after (\S+) s", dropped[1])
-        assert reason is not None, dropped[1]
-        assert int(reason[1]) > RULE_BUFFER / 2 and float(reason[2]) == RULE_GRACE, dropped[1]
+        owed, grace = too_slow(dropped[1])
+        assert owed > RULE_BUFFER / 2 and grace == RULE_GRACE, dropped[1]
         server.stop()
     finally:
         stop.set()

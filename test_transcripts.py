@@ -2475,8 +2475,8 @@ def test_reader_four_times_the_slowest_rate_is_kept_and_gets_every_byte() -> Non
                 assert elapsed < 4 * RULE_GRACE + WAIT, f"only {got} of {flood.sent} bytes"
                 if elapsed > 4 * RULE_GRACE:
                     flood.stopping.set()  # then read to the end as fast as we can
-                elif started + got / rate > time.monotonic():
-                    time.sleep(started + got / rate - time.monotonic())  # the reader's pace
+                elif got / rate > elapsed:
+                    time.sleep(got / rate - elapsed)  # the reader's pace
                 try:
                     chunk = reader.recv(4096 if elapsed < 4 * RULE_GRACE else 65536)
                 except socket.timeout:

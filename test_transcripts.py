@@ -2424,9 +2424,10 @@ def test_a_crowd_that_never_reads_cannot_pin_memory() -> None:
         server.kill()
 
 
-# The slow-reader rule with a small limit and grace: a client owed more than RULE_BUFFER
-# must get down to RULE_BUFFER / 2 within RULE_GRACE, so the slowest reader that stays
-# reads SLOWEST_KEPT bytes per second (256 KiB/s), plus what the kernel's buffers absorb.
+# The slow-reader rule with a small limit and grace: a client that is owed bytes must take
+# RULE_BUFFER / 2 of them every RULE_GRACE seconds (or all it is owed), so the slowest
+# reader that stays reads SLOWEST_KEPT bytes per second (256 KiB/s), plus what the
+# kernel's buffers absorb.
 RULE_BUFFER = 262144
 RULE_GRACE = 0.5
 RULE_ARGS = ("--max-buffer", str(RULE_BUFFER), "--grace", str(RULE_GRACE))
@@ -2573,7 +2574,7 @@ def test_reader_an_eighth_of_the_slowest_rate_is_dropped_and_the_room_moves_on()
         }
         assert not late, f"dropped after {dropped_after:.2f} s; then chat took (ms): {late}"
         owed, grace = too_slow(dropped[1])
-        assert owed > RULE_BUFFER / 2 and grace == RULE_GRACE, dropped[1]
+        assert owed > 0 and grace == RULE_GRACE, dropped[1]
         server.stop()
     finally:
         stop.set()

@@ -19,7 +19,6 @@ import socket
 import sys
 import time
 from collections import deque
-from types import FrameType
 
 # ---------------------------------------------------------------- settings
 
@@ -63,37 +62,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="A select.select() TCP server: ack or broadcast what clients send.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument(
-        "mode",
-        choices=["ack", "broadcast"],
-        help='ack: answer every chunk with b"ACK"; broadcast: relay it to every other client',
-    )
+    modes = 'ack: answer every chunk with b"ACK"; broadcast: relay it to every other client'
+    parser.add_argument("mode", choices=["ack", "broadcast"], help=modes)
     # Not "localhost": it is ::1 first on macOS and 127.0.0.1 first on Linux.
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on; '' for all")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     parser.add_argument("--quiet", action="store_true", help="don't log every chunk received")
-    parser.add_argument(
-        "--max-clients",
-        type=int,
-        default=MOST_CLIENTS,
-        metavar="N",
-        help=f"clients served at once, at most {MOST_CLIENTS}; more wait until one leaves",
-    )
-    parser.add_argument(
-        "--max-buffer",
-        type=int,
-        default=1024 * 1024,
-        metavar="BYTES",
-        help="broadcast: while a client is owed more than BYTES, the others are not read",
-    )
-    parser.add_argument(
-        "--grace",
-        type=float,
-        default=2.0,
-        metavar="SECONDS",
-        help="a client owed bytes must take half of --max-buffer (or all it is owed) "
-        "every SECONDS, or it is dropped",
-    )
+    clients = f"clients served at once, at most {MOST_CLIENTS}; more wait until one leaves"
+    parser.add_argument("--max-clients", type=int, default=MOST_CLIENTS, help=clients)
+    full = "broadcast: while a client is owed more than this, the others are not read"
+    parser.add_argument("--max-buffer", type=int, default=1024 * 1024, help=full)
+    slow = "a client owed bytes must take --max-buffer/2 of them (or all) every this many s"
+    parser.add_argument("--grace", type=float, default=2.0, help=slow)
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error("--port must be between 0 and 65535")
@@ -110,11 +90,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def log(message: str) -> None:
-    """Print one line at once: a buffered log is lost if we die, and a pipe sees nothing.
-
-    A plain blocking write: a log reader that stops reading (a terminal paused with
-    Ctrl-S, `| less` left unscrolled) stops the server too, once the pipe is full.
-    """
+    """Print one line at once: a buffered log is lost if we die, and a pipe sees nothing."""
+    # A plain blocking write: a log reader that stops reading (a terminal paused with
+    # Ctrl-S, `| less` left unscrolled) stops the server too, once the pipe is full.
     try:
         print(message, flush=True)
     except OSError:  # the log's reader has gone (`| head`), or its disk is full
@@ -137,9 +115,9 @@ def describe(data: bytes) -> str:
 
 
 def why(error: OSError) -> str:
-    """Say why a connection failed in words that are the same on every OS (the error's own
-    text is "[Errno 104] ..." on Linux, "[Errno 54] ..." on macOS, "[WinError 10054] ..."
-    in the local language on Windows)."""
+    """Say why a connection failed, in words that are the same on every OS."""
+    # The error's own text is "[Errno 104] ..." on Linux, "[Errno 54] ..." on macOS, and
+    # "[WinError 10054] ..." in the local language on Windows.
     if isinstance(error, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
         return "connection reset"
     return errno.errorcode.get(error.errno or 0, type(error).__name__)
@@ -159,11 +137,10 @@ class Client:
         # they are owed to (a partly sent one is a memoryview of the rest: no copy either).
         self.outbox: deque[bytes | memoryview] = deque()
         self.owed = 0  # bytes in outbox
-        self.deadline: float | None = None  # while owed: when it must have taken enough
+        self.deadline = 0.0  # while it is owed bytes: when it must have taken enough
         self.taken = 0  # bytes it took since its deadline was set
         self.reading = True  # until it sends EOF or its connection fails
         self.writing = True  # until a send() to it fails
-        self.trouble = ""  # the first thing that went wrong, for the log
 
     @property
     def takes_new_bytes(self) -> bool:
@@ -202,12 +179,10 @@ class Server:
         self.outputs: list[int] = []
 
     def serve(self) -> str:
-        """Run the select() loop until a signal arrives; return the signal's name.
-
-        Each round: 1. accept new clients, 2. read one chunk from every client that sent
-        something, 3. answer or relay what was read, and write what clients are still
-        owed to sockets that can take it now, 4. drop the clients that took too little.
-        """
+        """Run the select() loop until a signal arrives; return the signal's name."""
+        # Each round: 1. accept new clients, 2. read one chunk from every client that sent
+        # something, 3. answer or relay what was read, and write what clients are still
+        # owed to sockets that can take it now, 4. drop the clients that took too little.
         while True:
             # No exceptional list: SO_OOBINLINE (see open_listener) makes urgent data
             # ordinary.
@@ -247,17 +222,13 @@ class Server:
                 self.start_accepting()
 
     def sockets_to_read(self) -> list[int]:
-        """inputs, less the clients whose bytes would go to a client owed over the limit.
-
-        Not reading a sender lets TCP flow control slow it down, instead of our memory
-        growing: what it sends waits in the kernel's buffers, and then in the sender.
-        """
-        if not self.outputs:
-            return self.inputs  # the usual case: no client is owed anything
+        """inputs, less the clients whose bytes would go to a client owed over the limit."""
+        # Not reading a sender lets TCP flow control slow it down, instead of our memory
+        # growing: what it sends waits in the kernel's buffers, and then in the sender.
         full = {fd for fd in self.outputs if self.clients[fd].owed > self.limit}
         full = {fd for fd in full if self.clients[fd].takes_new_bytes}
         if not full:
-            return self.inputs
+            return self.inputs  # the usual case
         if self.mode == "ack":  # each client feeds itself alone
             return [fd for fd in self.inputs if fd not in full]
         # broadcast: every client feeds every other, so a full one stops all the others
@@ -265,24 +236,17 @@ class Server:
         return [fd for fd in self.inputs if fd not in self.clients or {fd} == full]
 
     def seconds_to_next_deadline(self) -> float | None:
-        """How long select() may sleep: until the first owed client's deadline, or until
-        it is time to try accept() again; None: until something happens."""
-        if not self.outputs and self.accept_retry_at is None:
-            return None  # the usual case: sleep until something happens
+        """How long select() may sleep: until the next deadline; None: until woken."""
         deadlines = [self.clients[fd].deadline for fd in self.outputs]
-        deadlines.append(self.accept_retry_at)
-        soonest = min((d for d in deadlines if d is not None), default=None)
-        return None if soonest is None else max(0.0, soonest - time.monotonic())
+        if self.accept_retry_at is not None:
+            deadlines.append(self.accept_retry_at)
+        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
 
     def drop_the_too_slow(self) -> None:
-        """Check the clients whose deadline has come: each must have taken half of
-        --max-buffer since it was set (or all it was owed); if so, it gets another grace."""
-        if not self.outputs:
-            return  # the usual case
+        """Drop each client whose deadline has come before it took max_buffer / 2 bytes."""
         now = time.monotonic()
-        for fd in list(self.outputs):
-            client = self.clients[fd]
-            if client.deadline is None or now < client.deadline:
+        for client in [self.clients[fd] for fd in self.outputs]:
+            if now < client.deadline:
                 continue
             # One last try first: a client that reads slowly may have made room that
             # select() has not reported yet (it says "writable" only once a good part of
@@ -304,14 +268,11 @@ class Server:
                 sock, address = self.listener.accept()
             except BlockingIOError:
                 return  # no one else is waiting
-            except (ConnectionAbortedError, ConnectionResetError):  # Linux, Windows
-                log("a client left before it was accepted")
-                continue
-            except OSError as error:
+            except OSError as error:  # e.g. a client that reset before we got to it
                 if error.errno in OUT_OF_RESOURCES:
                     self.stop_accepting(str(error))
                 else:
-                    log(f"accept() failed: {error}")
+                    log(f"a client could not be accepted: {why(error)}")
                 return
             if not WINDOWS and sock.fileno() >= FD_SETSIZE:  # select() would fail on it
                 reason = f"descriptor {sock.fileno()} is past FD_SETSIZE"
@@ -333,12 +294,10 @@ class Server:
         log(f"{client.name} connected ({len(self.clients)} online)")
 
     def stop_accepting(self, why: str) -> None:
-        """Stop watching the listening socket: new clients wait in the kernel's queue
-        until a client leaves (or, with none connected, for ACCEPT_RETRY seconds).
-
-        A listening socket with a client waiting stays readable, so a loop that kept
-        watching it while accept() could not succeed would spin.
-        """
+        """Stop watching the listening socket: new clients wait in the kernel's queue."""
+        # Until a client leaves (or, with none connected, for ACCEPT_RETRY seconds). A
+        # listening socket with a client waiting stays readable: a loop that kept watching
+        # it while accept() could not succeed would spin.
         self.inputs.remove(self.listener_fd)
         if self.clients:
             log(f"not accepting new clients until one leaves: {why}")
@@ -353,14 +312,13 @@ class Server:
         log("accepting new clients again")
 
     def read_from(self, client: Client) -> bytes:
-        """Read one chunk from client and return it (b"" if there was none). A client that
-        sent EOF has hung up; one whose connection failed is dropped."""
+        """Read one chunk from client and return it; b"" after EOF, a failure or nothing."""
         try:
             data = client.sock.recv(RECV_SIZE)
         except BlockingIOError:
             return b""  # nothing to read after all; select() will tell us again
         except OSError as error:  # e.g. ConnectionResetError: the client sent a reset
-            self.drop(client, client.trouble or why(error))
+            self.drop(client, why(error))
             return b""
         if not data:
             self.hang_up(client)
@@ -369,33 +327,28 @@ class Server:
         return data
 
     def relay(self, chunks: list[tuple[Client, bytes]]) -> None:
-        """Owe every client that takes new bytes the chunks this round read from the
-        others, in the order they were read. The chunks are joined into one object that
-        all of them share (a sender gets the parts before and after its own chunk), so a
-        chunk owed to a thousand clients is stored once, and each is sent it in one go."""
+        """Owe every client the chunks this round read from the others, in order."""
+        # The chunks are joined into one object that all of them share (a sender gets the
+        # parts before and after its own chunk), so a chunk owed to a thousand clients is
+        # stored once, and each client is sent the round in one go.
         if not chunks:
             return
-        joined = chunks[0][1] if len(chunks) == 1 else b"".join(data for _, data in chunks)
-        view = memoryview(joined)
-        own: dict[Client, tuple[int, int]] = {}  # where each sender's chunk is in joined
-        start = 0
+        joined = b"".join(data for _, data in chunks)  # of one chunk: that very object
+        view, start, own = memoryview(joined), 0, {}  # own: where a sender's chunk is
         for sender, data in chunks:
             own[sender] = (start, start + len(data))
             start += len(data)
         for client in list(self.clients.values()):
-            if not client.takes_new_bytes:
-                continue
             if client not in own:
                 self.owe(client, joined)
             else:
-                start, end = own[client]
-                self.owe(client, view[:start])
-                self.owe(client, view[end:])
+                self.owe(client, view[: own[client][0]])
+                self.owe(client, view[own[client][1] :])
 
     def owe(self, client: Client, data: bytes | memoryview) -> None:
-        """Send data to client now if nothing is queued ahead of it (a healthy socket
-        almost always takes it all). What the socket does not take waits in the outbox,
-        and client joins outputs, with a deadline, until it is all sent."""
+        """Send data to client now, or queue what its socket does not take in its outbox."""
+        # Sent at once if nothing is queued ahead of it: a healthy socket almost always takes
+        # it all. Whatever waits puts client in outputs, with a deadline, until it is sent.
         if not data or not client.takes_new_bytes:
             return
         if not client.outbox:  # nothing ahead of it
@@ -409,8 +362,7 @@ class Server:
         client.owed += len(data)
 
     def write_to(self, client: Client) -> None:
-        """Send client as much of its outbox as its socket takes now. An emptied outbox
-        leaves outputs (and closes a client that hung up)."""
+        """Send client as much of its outbox as its socket takes now."""
         outbox = client.outbox
         while outbox:
             sent = self.send_some(client, outbox[0])
@@ -422,20 +374,22 @@ class Server:
                 outbox[0] = memoryview(outbox[0])[sent:]
                 return
             outbox.popleft()
-        self.outputs.remove(client.fd)
-        client.deadline = None
-        if not client.reading:
-            self.drop(client, client.trouble or "closed by client")
+        self.paid(client)
 
     def send_some(self, client: Client, data: bytes | memoryview) -> int | None:
-        """send() what client's socket takes now; return how much, or None if it failed
-        (see stop_writing). Never blocks: the socket is non-blocking."""
+        """send() what client's socket takes now; return how much, or None if it failed."""
         try:
             return client.sock.send(data)
         except BlockingIOError:
             return 0  # no room at all right now
-        except OSError as error:  # e.g. BrokenPipeError: the client is gone
-            self.stop_writing(client, why(error))
+        except OSError:  # e.g. BrokenPipeError: the client is gone
+            # Forget what it is owed, but read it to its end, for what it sent before it
+            # left: a client that sends and closes at once has a relay to it fail while
+            # its last chunk still waits to be read.
+            client.writing = False
+            client.outbox.clear()
+            client.owed = 0
+            self.paid(client)
             return None
 
     def hang_up(self, client: Client) -> None:
@@ -445,21 +399,14 @@ class Server:
         if client.outbox:
             log(f"{client.name} hung up; first it gets the {client.owed} bytes it is owed")
         else:
-            self.drop(client, client.trouble or "closed by client")
+            self.drop(client, "closed by client")
 
-    def stop_writing(self, client: Client, trouble: str) -> None:
-        """A send to client failed: forget what it is owed, but read it to its end, for
-        what it sent before it left (a client that sends and closes at once has our relay
-        to it fail, while its last chunk still waits to be read)."""
-        client.writing = False
-        client.trouble = client.trouble or trouble
-        client.outbox.clear()
-        client.owed = 0
-        client.deadline = None
+    def paid(self, client: Client) -> None:
+        """client is owed nothing more: out of outputs, and closed if it has hung up."""
         if client.fd in self.outputs:
             self.outputs.remove(client.fd)
         if not client.reading:
-            self.drop(client, client.trouble)
+            self.drop(client, "closed by client")
 
     def drop(self, client: Client, reason: str) -> None:
         """Forget client everywhere and close its socket: the only place that closes one."""
@@ -472,12 +419,6 @@ class Server:
         log(f"{client.name} disconnected: {reason}")
         if self.listener_fd not in self.inputs:  # there is room again
             self.start_accepting()
-
-    def close_all(self) -> None:
-        """Close every client and the listening socket, without sending what is owed."""
-        for client in self.clients.values():
-            client.sock.close()
-        self.listener.close()
 
 
 # ---------------------------------------------------------------- main
@@ -506,22 +447,16 @@ def open_listener(host: str, port: int) -> socket.socket:
     return listener
 
 
-def do_nothing(signum: int, frame: FrameType | None) -> None:
-    """A signal handler that returns: the byte Python writes for it does the work."""
-
-
 def install_signal_wakeup() -> tuple[socket.socket, socket.socket]:
-    """Make the stop signals wake select() up; return (socket to read, socket written).
-
-    Since PEP 475 select() simply restarts after a signal whose handler returns, so a
-    handler that only sets a flag would never end the loop. Instead Python writes the
-    signal's number into a socket that select() watches: it wakes, reads, and stops.
-    """
+    """Make the stop signals wake select() up; return (socket to read, socket written)."""
+    # Since PEP 475 select() simply restarts after a signal whose handler returns, so a
+    # handler that only sets a flag would never end the loop. Instead Python writes the
+    # signal's number into a socket that select() watches: it wakes, reads, and stops.
     wakeup, wakeup_writer = socket.socketpair()
     wakeup_writer.setblocking(False)  # set_wakeup_fd() requires it
     signal.set_wakeup_fd(wakeup_writer.fileno())
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, do_nothing)
+    for sig in STOP_SIGNALS:  # a handler that returns: the byte Python writes does the work
+        signal.signal(sig, lambda signum, frame: None)
     return wakeup, wakeup_writer
 
 
@@ -548,10 +483,9 @@ def main(argv: list[str] | None = None) -> int:
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     log(f"{signal_name}: closing {len(server.clients)} clients and exiting")
-    server.close_all()
-    signal.set_wakeup_fd(-1)  # before closing it: a late signal must not write elsewhere
-    wakeup.close()
-    wakeup_writer.close()
+    signal.set_wakeup_fd(-1)  # before its socket closes: a late signal must write nowhere
+    for sock in [listener, wakeup, wakeup_writer, *(c.sock for c in server.clients.values())]:
+        sock.close()  # what clients are still owed is not sent
     return 0
 
 

@@ -142,11 +142,6 @@ class Client:
         self.reading = True  # until it sends EOF or its connection fails
         self.writing = True  # until a send() to it fails
 
-    @property
-    def takes_new_bytes(self) -> bool:
-        """A client that hung up (EOF) gets what it was owed then, and nothing new."""
-        return self.reading and self.writing
-
 
 # ---------------------------------------------------------------- the loop
 
@@ -225,10 +220,12 @@ class Server:
         """inputs, less the clients whose bytes would go to a client owed over the limit."""
         # Not reading a sender lets TCP flow control slow it down, instead of our memory
         # growing: what it sends waits in the kernel's buffers, and then in the sender.
+        if not self.outputs:
+            return self.inputs  # the usual case: no one is owed anything
         full = {fd for fd in self.outputs if self.clients[fd].owed > self.limit}
-        full = {fd for fd in full if self.clients[fd].takes_new_bytes}
+        full = {fd for fd in full if self.clients[fd].reading and self.clients[fd].writing}
         if not full:
-            return self.inputs  # the usual case
+            return self.inputs
         if self.mode == "ack":  # each client feeds itself alone
             return [fd for fd in self.inputs if fd not in full]
         # broadcast: every client feeds every other, so a full one stops all the others
@@ -237,6 +234,8 @@ class Server:
 
     def seconds_to_next_deadline(self) -> float | None:
         """How long select() may sleep: until the next deadline; None: until woken."""
+        if not self.outputs and self.accept_retry_at is None:
+            return None  # the usual case
         deadlines = [self.clients[fd].deadline for fd in self.outputs]
         if self.accept_retry_at is not None:
             deadlines.append(self.accept_retry_at)
@@ -244,6 +243,8 @@ class Server:
 
     def drop_the_too_slow(self) -> None:
         """Drop each client whose deadline has come before it took max_buffer / 2 bytes."""
+        if not self.outputs:
+            return  # the usual case
         now = time.monotonic()
         for client in [self.clients[fd] for fd in self.outputs]:
             if now < client.deadline:
@@ -349,8 +350,8 @@ class Server:
         """Send data to client now, or queue what its socket does not take in its outbox."""
         # Sent at once if nothing is queued ahead of it: a healthy socket almost always takes
         # it all. Whatever waits puts client in outputs, with a deadline, until it is sent.
-        if not data or not client.takes_new_bytes:
-            return
+        if not (data and client.reading and client.writing):
+            return  # nothing to send, or a client that hung up: it gets nothing new
         if not client.outbox:  # nothing ahead of it
             sent = self.send_some(client, data)
             if sent is None or sent == len(data):

@@ -2393,11 +2393,12 @@ def test_memory_does_not_grow_with_the_number_of_clients() -> None:
 @linux_only
 def test_a_crowd_that_never_reads_cannot_pin_memory() -> None:
     """Broadcast: 100 clients are each owed megabytes, under --max-buffer (8 MiB here),
-    then half-close without ever reading. Not over the limit, they may stay; but what they
-    are owed is the same bytes, kept once, so the server's peak memory stays under 64 MB (a
-    copy per client holds about 500 MB, for as long as they stay)."""
+    then half-close without ever reading. What they are owed is the same bytes, kept once,
+    so the server's peak memory stays under 64 MB (a copy per client holds about 500 MB);
+    and they cannot keep it for good: taking nothing, each is dropped as too slow once its
+    grace (0.5 s here) is over."""
     raise_own_nofile_limit(200)
-    server = ServerProcess("broadcast", "--quiet", "--max-buffer", str(8 << 20))
+    server = ServerProcess("broadcast", "--quiet", "--max-buffer", str(8 << 20), "--grace", "0.5")
     try:
         sender = connect(server)
         crowd = [connect(server, receive_buffer=4096) for _ in range(100)]
@@ -2419,6 +2420,18 @@ def test_a_crowd_that_never_reads_cannot_pin_memory() -> None:
         assert receive_exactly(later, 14) == b"still serving?"
         peak = peak_memory_mb(server.pid)
         assert peak < 64, f"peak RSS {peak:.0f} MB, {len(crowd)} clients sent 7.5 MiB each"
+        crowd_addresses = {host_port(sock.getsockname()) for sock in crowd}
+        deadline = time.monotonic() + WAIT  # each grace began when the kernel refused bytes
+        while True:
+            server.new_lines()  # everything printed so far is in server.output
+            left = re.findall(r"^(\S+) disconnected: (.*)$", server.output.getvalue(), re.M)
+            reasons = [reason for who, reason in left if who in crowd_addresses]
+            if len(reasons) == len(crowd):
+                break
+            assert time.monotonic() < deadline, f"{len(reasons)} of the crowd dropped: {reasons}"
+            time.sleep(0.01)  # polling the log; the deadline bounds it
+        for reason in reasons:
+            too_slow(reason)
         server.stop()
     finally:
         server.kill()

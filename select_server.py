@@ -11,6 +11,7 @@ on Linux, macOS and Windows.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import select
@@ -42,15 +43,14 @@ MOST_CLIENTS = 510 if WINDOWS else 1000
 
 # accept() errors that mean "out of file descriptors or memory": wait for a client to
 # leave, or, with none connected to leave, try again after ACCEPT_RETRY seconds.
-# (Windows' WSAEMFILE, 10024, became errno.EMFILE only in CPython 3.11.)
-OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, 10024}
+# Windows says WSAEMFILE (10024; errno.EMFILE only since CPython 3.11, 3.10.5 and 3.9.13)
+# or WSAENOBUFS (10055, never mapped).
+OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, 10024, 10055}
 ACCEPT_RETRY = 1.0
 
 # The signals that stop the server: Ctrl-C, `kill`, and Ctrl-Break on Windows (where
 # SIGTERM cannot be caught: os.kill() ends the process there and then).
-STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM]
-if hasattr(signal, "SIGBREAK"):
-    STOP_SIGNALS.append(signal.SIGBREAK)
+STOP_SIGNALS = [getattr(signal, s) for s in ("SIGINT", "SIGTERM", "SIGBREAK") if hasattr(signal, s)]
 
 
 # ---------------------------------------------------------------- arguments
@@ -58,10 +58,8 @@ if hasattr(signal, "SIGBREAK"):
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Read the command line; a bad one gets a usage message and exit status 2."""
-    parser = argparse.ArgumentParser(
-        description="A select.select() TCP server: ack or broadcast what clients send.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.description = "A select.select() TCP server: ack or broadcast what clients send."
     modes = 'ack: answer every chunk with b"ACK"; broadcast: relay it to every other client'
     parser.add_argument("mode", choices=["ack", "broadcast"], help=modes)
     # Not "localhost": it is ::1 first on macOS and 127.0.0.1 first on Linux.
@@ -117,7 +115,8 @@ def describe(data: bytes) -> str:
 def why(error: OSError) -> str:
     """Say why a connection failed, in words that are the same on every OS."""
     # The error's own text is "[Errno 104] ..." on Linux, "[Errno 54] ..." on macOS, and
-    # "[WinError 10054] ..." in the local language on Windows.
+    # "[WinError 10054] ..." in the local language on Windows. Rarer errors are named by
+    # their errno (ETIMEDOUT; WSAETIMEDOUT on Windows).
     if isinstance(error, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
         return "connection reset"
     return errno.errorcode.get(error.errno or 0, type(error).__name__)
@@ -138,9 +137,10 @@ class Client:
         self.outbox: deque[bytes | memoryview] = deque()
         self.owed = 0  # bytes in outbox
         self.deadline = 0.0  # while it is owed bytes: when it must have taken enough
+        self.must_take = 0  # ... how many bytes, that is (see start_clock)
         self.taken = 0  # bytes it took since its deadline was set
-        self.reading = True  # until it sends EOF or its connection fails
-        self.writing = True  # until a send() to it fails
+        self.reading = True  # until it sends EOF
+        self.failure = ""  # why a send() to it failed; from then on it is sent nothing
 
 
 # ---------------------------------------------------------------- the loop
@@ -160,8 +160,9 @@ class Server:
         # ack: a client's bytes earn ACKs for itself alone, so it is not read while any
         # ACK of its own still waits: what it is owed never grows past one ACK.
         self.limit: int = args.max_buffer if self.mode == "broadcast" else 0
-        self.must_take: int = args.max_buffer // 2
+        self.max_buffer: int = args.max_buffer
         self.grace: float = args.grace
+        self.buffer = memoryview(bytearray(RECV_SIZE))  # see read_from()
         self.clients: dict[int, Client] = {}  # by descriptor number
         self.accept_retry_at: float | None = None  # see stop_accepting()
         # Descriptor numbers, kept up to date as things happen, never rebuilt: a client
@@ -223,14 +224,15 @@ class Server:
         if not self.outputs:
             return self.inputs  # the usual case: no one is owed anything
         full = {fd for fd in self.outputs if self.clients[fd].owed > self.limit}
-        full = {fd for fd in full if self.clients[fd].reading and self.clients[fd].writing}
+        full = {fd for fd in full if self.clients[fd].reading}  # one that hung up gets nothing
         if not full:
             return self.inputs
         if self.mode == "ack":  # each client feeds itself alone
             return [fd for fd in self.inputs if fd not in full]
-        # broadcast: every client feeds every other, so a full one stops all the others
-        # (the listening and wake-up sockets are always read)
-        return [fd for fd in self.inputs if fd not in self.clients or {fd} == full]
+        # broadcast: every client feeds every other, so a full one stops all the others.
+        # Still read: the listening and wake-up sockets, and the full client if it is the
+        # only one (full == {fd}): its bytes go to the others.
+        return [fd for fd in self.inputs if fd not in self.clients or full == {fd}]
 
     def seconds_to_next_deadline(self) -> float | None:
         """How long select() may sleep: until the next deadline; None: until woken."""
@@ -239,10 +241,10 @@ class Server:
         deadlines = [self.clients[fd].deadline for fd in self.outputs]
         if self.accept_retry_at is not None:
             deadlines.append(self.accept_retry_at)
-        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+        return max(0.0, min(deadlines) - time.monotonic())
 
     def drop_the_too_slow(self) -> None:
-        """Drop each client whose deadline has come before it took max_buffer / 2 bytes."""
+        """Drop each client whose deadline has come before it took what it had to."""
         if not self.outputs:
             return  # the usual case
         now = time.monotonic()
@@ -255,10 +257,17 @@ class Server:
             self.write_to(client)
             if client.fd not in self.outputs:
                 continue  # it took all it was owed, or its connection failed
-            if client.taken >= self.must_take:
-                client.deadline, client.taken = now + self.grace, 0
+            if client.taken >= client.must_take:
+                self.start_clock(client)
             else:
                 self.drop(client, f"too slow: still owed {client.owed} bytes after {self.grace} s")
+
+    def start_clock(self, client: Client) -> None:
+        """Give client one grace to take half of max_buffer, or what it is owed over limit."""
+        # The second part bounds how long one client holds the room (it is over limit, so
+        # its feeders wait): a round of many senders can put it far over.
+        client.deadline, client.taken = time.monotonic() + self.grace, 0
+        client.must_take = max(self.max_buffer // 2, client.owed - self.limit)
 
     # ------------------------------------------------------------ handlers
 
@@ -276,9 +285,8 @@ class Server:
                     log(f"a client could not be accepted: {why(error)}")
                 return
             if not WINDOWS and sock.fileno() >= FD_SETSIZE:  # select() would fail on it
-                reason = f"descriptor {sock.fileno()} is past FD_SETSIZE"
+                self.stop_accepting(f"descriptor {sock.fileno()} is past FD_SETSIZE")
                 sock.close()
-                self.stop_accepting(reason)
                 return
             self.add_client(sock, host_port(address))
         self.stop_accepting(f"{self.max_clients} clients, the most allowed")
@@ -288,23 +296,24 @@ class Server:
         sock.setblocking(False)  # a send or recv must never stop the whole loop
         # Send small chunks at once: without this, the kernel holds a small send back
         # until the previous one is acknowledged (Nagle's algorithm), and the loop waits.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with contextlib.suppress(OSError):  # macOS refuses it once the client has reset
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client = Client(sock, name)
         self.clients[client.fd] = client
         self.inputs.append(client.fd)
         log(f"{client.name} connected ({len(self.clients)} online)")
 
-    def stop_accepting(self, why: str) -> None:
+    def stop_accepting(self, reason: str) -> None:
         """Stop watching the listening socket: new clients wait in the kernel's queue."""
         # Until a client leaves (or, with none connected, for ACCEPT_RETRY seconds). A
         # listening socket with a client waiting stays readable: a loop that kept watching
         # it while accept() could not succeed would spin.
         self.inputs.remove(self.listener_fd)
         if self.clients:
-            log(f"not accepting new clients until one leaves: {why}")
+            log(f"not accepting new clients until one leaves: {reason}")
         else:  # no one can leave to make room: try again in a while
             self.accept_retry_at = time.monotonic() + ACCEPT_RETRY
-            log(f"not accepting new clients for {ACCEPT_RETRY} s: {why}")
+            log(f"not accepting new clients for {ACCEPT_RETRY} s: {reason}")
 
     def start_accepting(self) -> None:
         """Watch the listening socket again."""
@@ -315,7 +324,9 @@ class Server:
     def read_from(self, client: Client) -> bytes:
         """Read one chunk from client and return it; b"" after EOF, a failure or nothing."""
         try:
-            data = client.sock.recv(RECV_SIZE)
+            # Into one buffer that every read reuses, then copied out at its real size:
+            # recv(RECV_SIZE) would allocate 64 KiB each time, only to shrink it.
+            data = self.buffer[: client.sock.recv_into(self.buffer)].tobytes()
         except BlockingIOError:
             return b""  # nothing to read after all; select() will tell us again
         except OSError as error:  # e.g. ConnectionResetError: the client sent a reset
@@ -350,7 +361,7 @@ class Server:
         """Send data to client now, or queue what its socket does not take in its outbox."""
         # Sent at once if nothing is queued ahead of it: a healthy socket almost always takes
         # it all. Whatever waits puts client in outputs, with a deadline, until it is sent.
-        if not (data and client.reading and client.writing):
+        if not (data and client.reading and not client.failure):
             return  # nothing to send, or a client that hung up: it gets nothing new
         if not client.outbox:  # nothing ahead of it
             sent = self.send_some(client, data)
@@ -358,7 +369,7 @@ class Server:
                 return  # the send failed, or it is all sent
             data = memoryview(data)[sent:]  # the rest, without a copy
             self.outputs.append(client.fd)  # watch for writable, and start its clock
-            client.deadline, client.taken = time.monotonic() + self.grace, 0
+            self.start_clock(client)
         client.outbox.append(data)
         client.owed += len(data)
 
@@ -383,11 +394,11 @@ class Server:
             return client.sock.send(data)
         except BlockingIOError:
             return 0  # no room at all right now
-        except OSError:  # e.g. BrokenPipeError: the client is gone
+        except OSError as error:  # e.g. BrokenPipeError: the client is gone
             # Forget what it is owed, but read it to its end, for what it sent before it
             # left: a client that sends and closes at once has a relay to it fail while
             # its last chunk still waits to be read.
-            client.writing = False
+            client.failure = why(error)
             client.outbox.clear()
             client.owed = 0
             self.paid(client)
@@ -400,14 +411,14 @@ class Server:
         if client.outbox:
             log(f"{client.name} hung up; first it gets the {client.owed} bytes it is owed")
         else:
-            self.drop(client, "closed by client")
+            self.drop(client, client.failure or "closed by client")
 
     def paid(self, client: Client) -> None:
         """client is owed nothing more: out of outputs, and closed if it has hung up."""
         if client.fd in self.outputs:
             self.outputs.remove(client.fd)
         if not client.reading:
-            self.drop(client, "closed by client")
+            self.drop(client, client.failure or "closed by client")
 
     def drop(self, client: Client, reason: str) -> None:
         """Forget client everywhere and close its socket: the only place that closes one."""
@@ -436,7 +447,7 @@ def open_listener(host: str, port: int) -> socket.socket:
     # last run's connections linger in TIME_WAIT (a minute or more). Not on Windows, where
     # it lets a second server take a port that is in use (socket.create_server does the
     # same; we don't call it because SO_OOBINLINE must be set before listen()).
-    if os.name != "nt":
+    if not WINDOWS:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     # Urgent (MSG_OOB) bytes arrive inline as ordinary data, so no socket ever sits in
     # select()'s exceptional list. Set here, every accepted socket inherits it, even one
@@ -470,10 +481,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
         return 1
     wakeup, wakeup_writer = install_signal_wakeup()  # before we announce the port
-    highest = max(listener.fileno(), wakeup.fileno())
-    if not WINDOWS and highest >= FD_SETSIZE:  # inherited files took every lower number
-        why = f"descriptor {highest} is past FD_SETSIZE ({FD_SETSIZE}), which select() needs"
-        print(f"cannot serve: {why}; too many files were left open for us", file=sys.stderr)
+    if not WINDOWS and max(listener.fileno(), wakeup.fileno()) >= FD_SETSIZE:
+        reason = f"select() needs descriptors below {FD_SETSIZE}; files left open for us took them"
+        print(f"cannot serve: {reason}", file=sys.stderr)
         return 1
     server = Server(listener, wakeup, args)
     log(f"listening on {host_port(listener.getsockname())} ({args.mode} mode)")

@@ -132,8 +132,8 @@ class Client:
         self.sock = sock
         self.fd = sock.fileno()  # what select() is given: asking a socket costs a call
         self.name = name  # "127.0.0.1:54321", for the log
-        # Bytes owed, oldest first: the very objects recv() returned, shared by every client
-        # they are owed to (a partly sent one is a memoryview of the rest: no copy either).
+        # Bytes owed, oldest first: each round's chunks, joined once and shared by every
+        # client they are owed to (a partly sent one is a memoryview of the rest: no copy).
         self.outbox: deque[bytes | memoryview] = deque()
         self.owed = 0  # bytes in outbox
         self.deadline = 0.0  # while it is owed bytes: when it must have taken enough

@@ -2539,6 +2539,49 @@ def note_arrivals(sock: socket.socket, arrived: dict[int, float], stop: threadin
         pending = pending[pending.rfind(b">") + 1 :]
 
 
+class ChatRoom:
+    """A broadcast room of four clients: a reader that reads at a set pace, one that can
+    flood the room (use it with Flood), and two that chat: chat() sends the next numbered
+    message, and the other notes when each one arrives. close() stops the readers."""
+
+    def __init__(self, server: ServerProcess, reader_rate: float) -> None:
+        self.reader = connect(server, receive_buffer=4096)
+        self.sender = connect(server)  # it floods, when the test wraps it in Flood
+        self.chat_from, self.chat_to = connect(server), connect(server)
+        for _ in range(4):
+            server.expect_line("connected")
+        self.stop = threading.Event()
+        self.arrived: dict[int, float] = {}  # message number -> when it arrived
+        self.sent_at: list[float] = []  # when each message was sent
+        self.threads = [
+            threading.Thread(target=read_paced, args=(self.reader, reader_rate, self.stop)),
+            threading.Thread(target=drain, args=(self.chat_from, self.stop)),  # flooded too
+            threading.Thread(target=note_arrivals, args=(self.chat_to, self.arrived, self.stop)),
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def chat(self) -> None:
+        """Send the next chat message, stamped with its number."""
+        self.sent_at.append(time.monotonic())
+        self.chat_from.sendall(b"<%d>" % (len(self.sent_at) - 1))
+
+    def delays(self) -> dict[int, float]:
+        """Wait (bounded) for every chat message; return each one's delay, in seconds."""
+        deadline = time.monotonic() + WAIT
+        while len(self.arrived) < len(self.sent_at) and time.monotonic() < deadline:
+            time.sleep(0.01)  # the chat's last messages are on their way
+        lost = [n for n in range(len(self.sent_at)) if n not in self.arrived]
+        assert not lost, f"chat messages {lost} never arrived"
+        assert list(self.arrived) == sorted(self.arrived), f"out of order: {list(self.arrived)}"
+        return {n: self.arrived[n] - sent for n, sent in enumerate(self.sent_at)}
+
+    def close(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=WAIT)
+
+
 @linux_only
 def test_reader_an_eighth_of_the_slowest_rate_is_dropped_and_the_room_moves_on() -> None:
     """Broadcast, --max-buffer 256 KiB --grace 0.5: a reader at 32 KiB/s, an eighth of the
@@ -2547,55 +2590,35 @@ def test_reader_an_eighth_of_the_slowest_rate_is_dropped_and_the_room_moves_on()
     dropped with a "too slow" line after the grace, and within grace + 1 s the chat takes
     under 50 ms again."""
     server = ServerProcess("broadcast", "--quiet", *RULE_ARGS)
-    stop = threading.Event()
-    arrived: dict[int, float] = {}
-    sent_at: list[float] = []
-    threads: list[threading.Thread] = []
+    room: ChatRoom | None = None
     try:
-        slow = connect(server, receive_buffer=4096)
-        sender, chat_from, chat_to = connect(server), connect(server), connect(server)
-        for _ in range(4):
-            server.expect_line("connected")
-        slow_address = host_port(slow.getsockname())
-        threads += [
-            threading.Thread(target=read_paced, args=(slow, SLOWEST_KEPT / 8, stop)),
-            threading.Thread(target=drain, args=(chat_from, stop)),  # the flood reaches it too
-            threading.Thread(target=note_arrivals, args=(chat_to, arrived, stop)),
-        ]
-        for thread in threads:
-            thread.start()
+        room = ChatRoom(server, SLOWEST_KEPT / 8)
+        slow_address = host_port(room.reader.getsockname())
         dropped: re.Match[str] | None = None
         started = time.monotonic()
-        with Flood(sender, b".") as flood:
+        with Flood(room.sender, b".") as flood:
             while (elapsed := time.monotonic() - started) < RULE_GRACE + 1.5:
-                sent_at.append(time.monotonic())
-                chat_from.sendall(b"<%d>" % (len(sent_at) - 1))
+                room.chat()
                 for line in server.new_lines():
                     if dropped is None and line.startswith(f"{slow_address} disconnected"):
                         dropped, dropped_after = re.search("disconnected: (.*)", line), elapsed
                         flood.stopping.set()  # what is left to show: the chat moves on
                 time.sleep(0.02)  # the chat's pace: one message every 20 ms
-        deadline = time.monotonic() + WAIT
-        while len(arrived) < len(sent_at) and time.monotonic() < deadline:
-            time.sleep(0.01)  # the chat's last messages are on their way
+        delays = room.delays()
         assert dropped is not None, f"the slow reader was not dropped: {server.output.getvalue()}"
         assert dropped_after >= RULE_GRACE, f"dropped after {dropped_after:.2f} s, before the grace"
-        lost = [n for n in range(len(sent_at)) if n not in arrived]
-        assert not lost, f"chat messages {lost} never arrived"
-        assert list(arrived) == sorted(arrived), f"chat out of order: {list(arrived)}"
         late = {
-            n: round(1000 * (arrived[n] - sent))
-            for n, sent in enumerate(sent_at)
-            if sent - started >= RULE_GRACE + 1.0 and arrived[n] - sent >= 0.05
+            n: round(1000 * delay)
+            for n, delay in delays.items()
+            if room.sent_at[n] - started >= RULE_GRACE + 1.0 and delay >= 0.05
         }
         assert not late, f"dropped after {dropped_after:.2f} s; then chat took (ms): {late}"
         owed, grace = too_slow(dropped[1])
         assert owed > 0 and grace == RULE_GRACE, dropped[1]
         server.stop()
     finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=WAIT)
+        if room is not None:
+            room.close()
         server.kill()
 
 
@@ -2607,39 +2630,20 @@ def test_no_client_holds_the_room_for_more_than_two_graces() -> None:
     while it is; but it must then take what it is owed over the limit within a grace, so no
     chat message waits longer than two graces (and a little), whether or not it is kept."""
     server = ServerProcess("broadcast", "--quiet", "--max-buffer", "8192", "--grace", "0.5")
-    stop = threading.Event()
-    arrived: dict[int, float] = {}
-    sent_at: list[float] = []
-    threads: list[threading.Thread] = []
+    room: ChatRoom | None = None
     try:
-        reader = connect(server, receive_buffer=4096)
-        sender, chat_from, chat_to = connect(server), connect(server), connect(server)
-        for _ in range(4):
-            server.expect_line("connected")
-        threads += [
-            threading.Thread(target=read_paced, args=(reader, 16384, stop)),
-            threading.Thread(target=drain, args=(chat_from, stop)),  # the flood reaches it too
-            threading.Thread(target=note_arrivals, args=(chat_to, arrived, stop)),
-        ]
-        for thread in threads:
-            thread.start()
-        with Flood(sender, b"."):
+        room = ChatRoom(server, 16384)
+        with Flood(room.sender, b"."):
             started = time.monotonic()
             while time.monotonic() - started < 3.0:  # six graces
-                sent_at.append(time.monotonic())
-                chat_from.sendall(b"<%d>" % (len(sent_at) - 1))
+                room.chat()
                 time.sleep(0.05)  # the chat's pace
-            deadline = time.monotonic() + WAIT
-            while len(arrived) < len(sent_at) and time.monotonic() < deadline:
-                time.sleep(0.01)  # the chat's last messages are on their way
-        assert len(arrived) == len(sent_at), f"{len(arrived)} of {len(sent_at)} chat messages"
-        longest = max(arrived[n] - sent for n, sent in enumerate(sent_at))
+            longest = max(room.delays().values())
         assert longest < 2 * 0.5 + 0.5, f"a chat message waited {longest:.2f} s"
         server.stop()
     finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=WAIT)
+        if room is not None:
+            room.close()
         server.kill()
 
 

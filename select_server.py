@@ -411,7 +411,7 @@ class Server:
         if client.outbox:
             log(f"{client.name} hung up; first it gets the {client.owed} bytes it is owed")
         else:
-            self.drop(client, client.failure or "closed by client")
+            self.paid(client)
 
     def paid(self, client: Client) -> None:
         """client is owed nothing more: out of outputs, and closed if it has hung up."""

@@ -13,7 +13,8 @@ test: venv
 	$(BIN)/ruff check --target-version py38 --line-length 100 --select E,W,F,I,UP,B,FA,SIM $(SOURCES)
 	$(BIN)/ruff format --check --line-length 100 $(SOURCES)
 	$(BIN)/mypy --strict $(SOURCES)
-	$(BIN)/pytest -q -p no:cacheprovider test_transcripts.py
+	@$(BIN)/python test_transcripts.py pythons
+	$(BIN)/pytest -q -p no:cacheprovider -rs -n 2 --dist loadgroup test_transcripts.py
 
 ack broadcast:
 	$(PYTHON) select_server.py $@ --port $(PORT)

@@ -755,7 +755,7 @@ def table_main() -> int:
     """`python test_transcripts.py table`: run every test against each broken server
     ($BROKEN_SERVER set) and say which fail. Some minutes."""
     for name, change in BROKEN.items():
-        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rf", __file__]
+        command = [sys.executable, "-m", "pytest", "-qrf", "-n2", "--dist=loadgroup", __file__]
         env = {**os.environ, BROKEN_SERVER: name}
         result = subprocess.run(command, env=env, capture_output=True, text=True)
         failed = re.findall(r"^FAILED \S+::(\S+)", result.stdout, re.M)
@@ -1525,11 +1525,11 @@ def play_concurrently(plans: list[Plan]) -> None:
         server.stop()
 
 
+@load
 @linux_only
 @given(
     st.lists(st.builds(Plan, st.integers(1, 4), st.sampled_from(ENDINGS)), min_size=2, max_size=5)
 )
-@load
 def test_concurrent_generated_sessions_lose_nothing(plans: list[Plan]) -> None:
     """Broadcast: 2-5 clients connect, then all at once send numbered messages and stay,
     half-close, close or reset. Each receives what the model can still predict (see

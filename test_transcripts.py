@@ -572,6 +572,17 @@ def without_option(level: int, option: int) -> tuple[object, str, object]:
     return (socket.socket, "setsockopt", setsockopt)
 
 
+def refusing_option(level: int, option: int) -> tuple[object, str, object]:
+    """A replacement of socket.setsockopt that refuses one option with EINVAL."""
+
+    def setsockopt(sock: socket.socket, at: int, name: int, value: Any) -> None:
+        if (at, name) == (level, option):
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        SETSOCKOPT(sock, at, name, value)
+
+    return (socket.socket, "setsockopt", setsockopt)
+
+
 def opening_after(take: Callable[[], object]) -> tuple[object, str, object]:
     """A replacement of open_listener that first runs take() (which opens files)."""
 
@@ -700,6 +711,10 @@ CHANGES = {  # the machine around the server
     "small-send-buffer": Change(
         "every client socket has a 4 KiB send buffer",
         [(select_server, "open_listener", with_small_send_buffer)],
+    ),
+    "nodelay-refused": Change(
+        "refused TCP_NODELAY, as macOS refuses it for a client that reset before accept()",
+        [refusing_option(socket.IPPROTO_TCP, socket.TCP_NODELAY)],
     ),
     "sigint-on-announce": Change("SIGINT at once", [signal_on_announce(signal.SIGINT)]),
     "sigterm-on-announce": Change("SIGTERM at once", [signal_on_announce(signal.SIGTERM)]),
@@ -2483,25 +2498,15 @@ def test_accepted_sockets_send_small_chunks_at_once() -> None:
         assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
-def test_a_client_refused_tcp_nodelay_is_served_all_the_same(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_client_refused_tcp_nodelay_is_served_all_the_same(start_server: StartServer) -> None:
     """macOS refuses TCP_NODELAY (EINVAL) on a socket whose client reset before it was
     accepted. The server takes such a client as any other (its reset is read next), and
     does not die: here every TCP_NODELAY is refused, and the client is served."""
-    setsockopt = socket.socket.setsockopt
-
-    def refuse_nodelay(sock: socket.socket, level: int, option: int, value: Any) -> None:
-        if option == socket.TCP_NODELAY:
-            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-        setsockopt(sock, level, option, value)
-
-    monkeypatch.setattr(socket.socket, "setsockopt", refuse_nodelay)
-    monkeypatch.setattr(select_server, "log", lambda line: None)
-    with server_in_this_process("ack") as running:
-        client = Client(running)
-        client.send(b"still served?")
-        assert client.receive(3) == b"ACK"
+    server = start_server("ack", changes=["nodelay-refused"])
+    client = Client(server)
+    client.send(b"still served?")
+    assert client.receive(3) == b"ACK"
+    server.stop()
 
 
 def readme_client(port: int) -> list[str]:

@@ -3041,6 +3041,15 @@ def run_check(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=90)
 
 
+def without_slowness_notes(line: str) -> str:
+    """A report's line without its note if all it notes is that something took long
+    (more than SLOW seconds: a busy machine does that), else as it is."""
+    result, _, note = line.partition(" (note: ")
+    notes = note.rstrip(")").split("; ")
+    slow = all(re.search(r"(waited|came after) [\d.]+ s", part) for part in notes)
+    return result if note and slow else line
+
+
 def failures(report: list[str]) -> dict[str, str]:
     """The failed results of a check's report: name -> what it says."""
     failed = [line[len("FAIL  ") :].split(": ", 1) for line in report if line.startswith("FAIL")]
@@ -3055,7 +3064,7 @@ def test_check_passes_our_own_server() -> None:
     our_server = check_command_line()
     result = run_check("--server", our_server, "--examples", "3")
     assert result.returncode == 0, result.stdout + result.stderr
-    lines = result.stdout.splitlines()
+    lines = [without_slowness_notes(line) for line in result.stdout.splitlines()]
     assert lines[0] == f"checking (ack and broadcast mode): {our_server}"
     names = [path.stem for path in transcript_files()]
     assert lines[1 : len(names) + 1] == [f"pass  {name}" for name in names]
@@ -3101,7 +3110,7 @@ def test_check_fails_each_broken_server_on_exactly_the_transcripts_that_show_it(
         passed = len(transcripts_with(mode, "connects")) - len(failing)
         assert report[-1] == f"{passed} passed, {len(failing)} failed", "\n".join(report)
     said = failures(reports["shrunk"]).get("generated sessions (ack)", "")
-    assert said.endswith("; the session, shrunk:"), "\n".join(reports["shrunk"])
+    assert "; the session, shrunk:" in said, "\n".join(reports["shrunk"])
     session = parse(textwrap.dedent("\n".join(reports["shrunk"][1:])), "shrunk.txt")
     replay(session)
     with pytest.raises(TranscriptError):

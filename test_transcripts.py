@@ -29,6 +29,7 @@ import random
 import re
 import resource
 import select
+import selectors
 import shlex
 import shutil
 import signal
@@ -2180,7 +2181,8 @@ def test_hung_up_client_over_its_limit_holds_up_no_one() -> None:
         time.sleep(0.3)  # time to fill the kernel's buffers; the next line shows it did
         slow.shutdown(socket.SHUT_WR)
         owed = server.expect_line(r"hung up; first it gets the (\d+) bytes it is owed")
-        assert int(owed[1]) > 65536, "slow was not over its limit when it hung up"
+        # Exactly B: the rounds read up to the limit, and no further (rule 3).
+        assert int(owed[1]) == 65536, "slow was not owed exactly --max-buffer when it hung up"
         first = server.expect_line("disconnected: (.*)")
         assert first.string.startswith(host_port(sender.getsockname())), first.string
         assert first[1] == "closed by client"
@@ -2451,22 +2453,33 @@ SLOWEST_KEPT = RULE_BUFFER / 2 / RULE_GRACE
 PATTERN = bytes(range(256)) * 260  # byte k of a flood of bytes(range(256)) is k % 256
 
 
-def read_paced(sock: socket.socket, rate: float, stop: threading.Event) -> int:
+@dataclass
+class Read:
+    """What a paced reader has read: how many bytes, and the bytes other than b"."."""
+
+    count: int = 0
+    other: bytes = b""
+
+
+def read_paced(
+    sock: socket.socket, rate: float, stop: threading.Event, hurry: threading.Event, read: Read
+) -> None:
     """Read sock at rate bytes per second (ahead of none, catching up after a stall), 4 KiB
-    at a time, until stop is set or the server closes it; return how much was read."""
-    got, started = 0, time.monotonic()
+    at a time, or as fast as it comes once hurry is set, until stop is set or the server
+    closes it. What it reads is noted in read."""
+    started = time.monotonic()
     sock.settimeout(0.1)
-    while not stop.wait(max(0.0, started + got / rate - time.monotonic())):
+    while not stop.wait(0 if hurry.is_set() else started + read.count / rate - time.monotonic()):
         try:
-            chunk = sock.recv(4096)
+            chunk = sock.recv(65536 if hurry.is_set() else 4096)
         except socket.timeout:
             continue
         except ConnectionResetError:
-            return got
+            return
         if not chunk:
-            return got
-        got += len(chunk)
-    return got
+            return
+        read.count += len(chunk)
+        read.other += chunk.translate(None, b".")
 
 
 @linux_only
@@ -2550,11 +2563,15 @@ class ChatRoom:
         self.chat_from, self.chat_to = connect(server), connect(server)
         for _ in range(4):
             server.expect_line("connected")
-        self.stop = threading.Event()
+        self.stop, self.hurry = threading.Event(), threading.Event()
+        self.read = Read()  # what the paced reader has read
         self.arrived: dict[int, float] = {}  # message number -> when it arrived
         self.sent_at: list[float] = []  # when each message was sent
         self.threads = [
-            threading.Thread(target=read_paced, args=(self.reader, reader_rate, self.stop)),
+            threading.Thread(
+                target=read_paced,
+                args=(self.reader, reader_rate, self.stop, self.hurry, self.read),
+            ),
             threading.Thread(target=drain, args=(self.chat_from, self.stop)),  # flooded too
             threading.Thread(target=note_arrivals, args=(self.chat_to, self.arrived, self.stop)),
         ]
@@ -2647,6 +2664,157 @@ def test_no_client_holds_the_room_for_more_than_two_graces() -> None:
         server.kill()
 
 
+# ---------------------------------------------------------------- a busy room (rule 3)
+
+CROWD = 200  # clients that send at the same moment
+
+
+def resident_memory_mb(pid: int) -> float:
+    """The resident memory the process uses now (VmRSS), in MB."""
+    match = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    assert match is not None
+    return int(match[1]) / 1024
+
+
+def crowd_sends_at_once(
+    server: ServerProcess, crowd: list[socket.socket], messages: list[bytes], close: bool
+) -> dict[int, list[bytes]]:
+    """Freeze the server, let every client of crowd put its message in the kernel's
+    buffers, thaw it, and go on sending (half-closing after, if close) and reading
+    everything for every client, as fast as it comes, in one selector loop: until every
+    client has its EOF (close) or has been sent all the others' messages (not close).
+    Return what each client received, by its index in crowd."""
+    expected = sum(len(message) for message in messages)
+    received: dict[int, list[bytes]] = {index: [] for index in range(len(crowd))}
+    counts = dict.fromkeys(received, 0)
+    unsent = {index: memoryview(message) for index, message in enumerate(messages)}
+    selector = selectors.DefaultSelector()
+    for index, sock in enumerate(crowd):
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, index)
+    freeze(server.pid)
+    for index, sock in enumerate(crowd):
+        with contextlib.suppress(BlockingIOError):
+            unsent[index] = unsent[index][sock.send(unsent[index]) :]
+    os.kill(server.pid, signal.SIGCONT)
+    deadline = time.monotonic() + 3 * WAIT
+    while selector.get_map():
+        assert time.monotonic() < deadline, f"after {3 * WAIT} s, received {counts}"
+        for key, events in selector.select(timeout=WAIT):
+            index, sock = key.data, crowd[key.data]
+            if events & selectors.EVENT_WRITE:
+                with contextlib.suppress(BlockingIOError):
+                    unsent[index] = unsent[index][sock.send(unsent[index]) :]
+                if not unsent[index]:
+                    selector.modify(sock, selectors.EVENT_READ, index)
+                    if close:
+                        sock.shutdown(socket.SHUT_WR)
+            if events & selectors.EVENT_READ:
+                with contextlib.suppress(BlockingIOError):
+                    chunk = sock.recv(1 << 20)
+                    received[index].append(chunk)
+                    counts[index] += len(chunk)
+                    done = not chunk if close else counts[index] == expected - len(messages[index])
+                    if done:
+                        selector.unregister(sock)
+    return received
+
+
+@linux_only
+def test_a_crowd_that_sends_at_once_is_served_whole_and_none_is_dropped() -> None:
+    """Broadcast, --max-buffer 256 KiB --grace 0.5: 200 clients each send one 32 KiB
+    message at the same moment and read everything as fast as they can. A round reads at
+    most what the client owed most still has room for, so no client is owed more than B
+    and none is dropped: each gets the 199 others' messages whole and none of its own,
+    and the server's memory grows by less than 8 MB (a round that read one chunk from
+    every sender held 6.4 MB, twice over)."""
+    raise_own_nofile_limit(CROWD + 100)
+    server = ServerProcess("broadcast", "--quiet", *RULE_ARGS)
+    try:
+        crowd = [connect(server) for _ in range(CROWD)]
+        for _ in crowd:
+            server.expect_line("connected")
+        before = resident_memory_mb(server.pid)
+        messages = [bytes([index]) * 32768 for index in range(CROWD)]
+        received = crowd_sends_at_once(server, crowd, messages, close=False)
+        grown = peak_memory_mb(server.pid) - before
+        for index in range(CROWD):  # each byte value is one client's: none is its own
+            assert not any(bytes([index]) in chunk for chunk in received[index]), f"{index} echoed"
+        for index in (0, CROWD - 1):  # and, counted for two of them, every other one's whole
+            everything = b"".join(received[index])
+            counts = [everything.count(bytes([other])) for other in range(CROWD)]
+            assert counts == [0 if other == index else 32768 for other in range(CROWD)], index
+        assert not [line for line in server.new_lines() if "disconnected" in line]
+        assert grown < 8, f"the server's memory grew by {grown:.1f} MB"
+        server.stop()
+    finally:
+        server.kill()
+
+
+@linux_only
+def test_an_ack_crowd_that_sends_at_once_is_answered_in_bounded_memory() -> None:
+    """Ack, --max-buffer 256 KiB: 200 clients each send 1 MiB at the same moment, then
+    half-close, and read their ACKs. A round reads at most B bytes in all, so the server's
+    memory grows by less than 8 MB (a round that read one chunk from every client held
+    12.8 MB until it was answered); each client gets only whole ACKs, at least one per
+    64 KiB, and then its EOF."""
+    raise_own_nofile_limit(CROWD + 100)
+    server = ServerProcess("ack", "--quiet", *RULE_ARGS)
+    try:
+        crowd = [connect(server) for _ in range(CROWD)]
+        for _ in crowd:
+            server.expect_line("connected")
+        before = resident_memory_mb(server.pid)
+        received = crowd_sends_at_once(server, crowd, [bytes(1 << 20)] * CROWD, close=True)
+        grown = peak_memory_mb(server.pid) - before
+        for index, chunks in received.items():
+            acks = b"".join(chunks)
+            assert acks == select_server.ACK * (len(acks) // 3) and len(acks) >= 3 * 16, (
+                index,
+                acks[:30],
+            )
+        assert grown < 8, f"the server's memory grew by {grown:.1f} MB"
+        server.stop()
+    finally:
+        server.kill()
+
+
+@linux_only
+def test_reader_just_above_the_slowest_rate_is_kept_and_the_chat_stays_fast() -> None:
+    """Broadcast, --max-buffer 256 KiB --grace 0.5: a reader at 1.15 times the slowest
+    rate that stays, while one client floods and two others chat every 50 ms. The reader
+    is kept and gets every byte. While it is owed B, no one else is read; but it is tried
+    again every 20 ms (select() would say "writable" only much later), so the room moves
+    as soon as it has drained: 9 chat messages in 10 arrive within 150 ms, and none
+    takes 300 ms (before that retry, most took up to a grace)."""
+    server = ServerProcess("broadcast", "--quiet", *RULE_ARGS)
+    room: ChatRoom | None = None
+    try:
+        room = ChatRoom(server, 1.15 * SLOWEST_KEPT)
+        with Flood(room.sender, b".") as flood:
+            started = time.monotonic()
+            while time.monotonic() - started < 6 * RULE_GRACE:
+                room.chat()
+                time.sleep(0.05)  # the chat's pace
+            sent = flood.stop()
+        delays = sorted(room.delays().values())
+        p90, longest = delays[len(delays) * 9 // 10], delays[-1]
+        assert p90 < 0.15 and longest < 0.3, f"chat p90 {p90:.3f} s, longest {longest:.3f} s"
+        reader = host_port(room.reader.getsockname())
+        assert not [line for line in server.new_lines() if line.startswith(reader)]
+        room.hurry.set()  # the reader reads the rest as fast as it can
+        chat = b"".join(b"<%d>" % n for n in range(len(room.sent_at)))
+        total = sent + len(chat)
+        wait_for(lambda: room.read.count == total, f"the reader to get all {total} bytes")
+        room.close()
+        assert room.read.other == chat
+        server.stop()
+    finally:
+        if room is not None:
+            room.close()
+        server.kill()
+
+
 # ---------------------------------------------------------------- the server in this process
 
 
@@ -2654,19 +2822,17 @@ def test_no_client_holds_the_room_for_more_than_two_graces() -> None:
 def server_in_this_process(mode: str) -> Iterator[select_server.Server]:
     """select_server's loop in a thread of this process, for the tests that must step in
     where no client can: between select() and what follows, or into a socket option."""
-    args = select_server.parse_args([mode, "--port", "0"])
-    listener = select_server.open_listener("127.0.0.1", 0)
-    wakeup, wakeup_writer = socket.socketpair()
-    server = select_server.Server(listener, wakeup, args)
+    server = select_server.Server(
+        select_server.open_listener("127.0.0.1", 0), select_server.Settings(mode)
+    )
     thread = threading.Thread(target=server.serve, daemon=True)
     thread.start()
     try:
         yield server
     finally:
-        wakeup_writer.send(bytes([signal.SIGINT]))  # what a signal would write: serve() returns
+        server.wakeup_writer.send(bytes([signal.SIGINT]))  # what a signal writes: serve() returns
         thread.join(timeout=WAIT)
-        for sock in [listener, wakeup, wakeup_writer, *(c.sock for c in server.clients.values())]:
-            sock.close()
+        server.close()
 
 
 def wait_for(condition: Callable[[], bool], what: str) -> None:
@@ -2987,12 +3153,15 @@ def check_main(argv: list[str]) -> int:
 # As in the seed: replies wait for step 3, a client is read while its ACK still waits,
 # and it is closed as soon as recv() returns b"", before it has been sent what it is owed.
 CLOSES_BEFORE_PAYING = [
-    ("            sent = self.send_some(client, data)\n", "            sent = 0\n"),
-    ('args.max_buffer if self.mode == "broadcast" else 0', "args.max_buffer"),
+    ("            self.write_to(client)\n            if client.outbox:", "            if True:"),
+    (
+        '        if self.settings.mode == "ack":  # its bytes earn',
+        "        if False:  # its bytes earn",
+    ),
     ("        if client.outbox:\n            log(", "        if False:\n            log("),
 ]
 # Broadcast relays every chunk to its sender too.
-ECHOES_TO_SENDER = [("            if client not in own:\n", "            if True:\n")]
+ECHOES_TO_SENDER = [("            if client not in own_chunk_at:\n", "            if True:\n")]
 # Broadcast relays every chunk without its last byte.
 DROPS_LAST_BYTE = [("self.owe(client, joined)", "self.owe(client, joined[:-1])")]
 # A reset raises ConnectionResetError out of the loop: the server dies, as the seed did.

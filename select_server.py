@@ -68,7 +68,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quiet", action="store_true", help="don't log every chunk received")
     clients = f"clients served at once, at most {MOST_CLIENTS}; more wait until one leaves"
     parser.add_argument("--max-clients", type=int, default=MOST_CLIENTS, help=clients)
-    full = "broadcast: while a client is owed more than this, the others are not read"
+    full = (
+        "the most bytes a client may be owed (broadcast); a client owed bytes must take half"
+        " this many, or all, every --grace seconds (any mode)"
+    )
     parser.add_argument("--max-buffer", type=int, default=1024 * 1024, help=full)
     slow = "a client owed bytes must take --max-buffer/2 of them (or all) every this many s"
     parser.add_argument("--grace", type=float, default=2.0, help=slow)
@@ -421,7 +424,7 @@ class Server:
             self.drop(client, client.failure or "closed by client")
 
     def drop(self, client: Client, reason: str) -> None:
-        """Forget client everywhere and close its socket: the only place that closes one."""
+        """Forget client everywhere and close its socket: the only place the loop closes one."""
         del self.clients[client.fd]
         if client.reading:
             self.inputs.remove(client.fd)

@@ -3536,6 +3536,10 @@ make lint
 ```
 
 ```
+usage: select_server.py [-h] {ack,broadcast,chat}
+```
+
+```
 $ make check BROADCAST='x {port}'
 checking (broadcast mode): x {port}
 pass  broadcast_three_clients
@@ -3564,6 +3568,7 @@ def test_readme_checks_fail_on_a_stale_readme() -> None:
     for stale in [
         "`select_server.py chat`",
         "--no-such-option",
+        "the --help shown for select_server.py is not what it prints",
         "names []",
         "'1 passed, 0 failed'",
     ]:

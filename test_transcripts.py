@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import ast
+import builtins
 import contextlib
 import errno
 import hashlib
+import importlib
 import io
 import os
 import random
@@ -3306,6 +3308,446 @@ def test_check_fails_at_once_when_the_server_exits() -> None:
         "FAIL  ack_every_byte_value: the server exited with status 2 before it listened; "
         "its last line: 'select_server.py: error: unrecognized arguments: --no-such-option'"
     )
+
+
+# ---------------------------------------------------------------- the README stays true
+#
+# README.md and README.zh-CN.md name functions, tests, transcripts, files and make targets
+# in backticks, and show commands and their output in code blocks. These tests fail when a
+# name is no longer in the repository, or a command no longer runs the way a README shows.
+# They use nothing of the harness above: only the files of the repository.
+
+READMES = ["README.md", "README.zh-CN.md"]
+PYTHON_FILES = ["select_server.py", "test_transcripts.py", "bench.py"]
+FENCE = re.compile(r"^```(?P<lang>[\w-]*)\n(?P<body>.*?)^```$", re.M | re.S)
+SPAN = re.compile(r"``(?P<double>.+?)``|`(?P<single>[^`]+)`", re.S)
+# A command a code block shows: python or make, at the start of a line (after "$ " in a
+# report), or after "or: " (as in "# or: python select_server.py broadcast").
+COMMAND = re.compile(r"(?:^\s*(?:\$ )?|\bor: )(?P<command>(?:python3?|make) [^#\n)]*)", re.M)
+# Modules of the standard library whose names a README may write as module.name.
+STDLIB = ("asyncio", "builtins", "errno", "os", "select", "selectors", "signal", "socket", "sys")
+NOT_PYTHON = {"TIME_WAIT"}  # a name in backticks that is no Python name: a TCP state
+
+
+@dataclass(frozen=True)
+class Repository:
+    """The names a README may use: found in the files, never listed by hand."""
+
+    defs: set[str]  # functions, methods and classes of PYTHON_FILES
+    names: set[str]  # every identifier in PYTHON_FILES: defs, variables, attributes
+    tests: set[str]  # test functions of this file
+    transcripts: set[str]  # stems of transcripts/*.txt
+    targets: set[str]  # the Makefile's targets
+    make_variables: set[str]  # every upper-case word in the Makefile
+    stdlib: set[str]  # what the server calls from the standard library: send(), select()...
+
+
+def repository() -> Repository:
+    """Read the names of everything a README may name from the repository's files."""
+    defs: set[str] = set()
+    names: set[str] = set()
+    for file in PYTHON_FILES:
+        for node in ast.walk(ast.parse((HERE / file).read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                defs.add(node.name)
+            elif isinstance(node, ast.Name):
+                names.add(node.id)
+            elif isinstance(node, ast.Attribute):
+                names.add(node.attr)
+            elif isinstance(node, ast.arg):
+                names.add(node.arg)
+    makefile = (HERE / "Makefile").read_text(encoding="utf-8")
+    targets = re.findall(r"^([a-z][\w -]*):(?!=)", makefile, re.M)
+    stdlib = set(dir(builtins)) | set(dir(socket)) | set(dir(socket.socket)) | set(dir(bytes))
+    return Repository(
+        defs=defs,
+        names=names | defs,
+        tests={name for name in defs if name.startswith("test_")},
+        transcripts={path.stem for path in (HERE / "transcripts").glob("*.txt")},
+        targets={target for line in targets for target in line.split()},
+        make_variables=set(re.findall(r"\b[A-Z][A-Z0-9_]*\b", makefile)),
+        stdlib=stdlib | set(dir(select)) | set(dir(signal)) | set(dir(os)),
+    )
+
+
+def readme_prose(text: str) -> str:
+    """A README without its code blocks and HTML comments: the text whose spans are names."""
+    return FENCE.sub("", re.sub(r"<!--.*?-->", "", text, flags=re.S))
+
+
+def readme_spans(text: str) -> list[str]:
+    """Every `code span` of a README's prose, its line breaks made spaces."""
+    spans = []
+    for match in SPAN.finditer(readme_prose(text)):
+        spans.append(" ".join((match["double"] or match["single"]).split()))
+    return spans
+
+
+def readme_blocks(text: str) -> list[tuple[str, str]]:
+    """Every fenced code block of a README: (its language, its text)."""
+    return [(match["lang"], match["body"]) for match in FENCE.finditer(text)]
+
+
+def stdlib_attribute(dotted: str) -> bool | None:
+    """Whether module.name exists, for a module in STDLIB; None: not such a module."""
+    first, *rest = dotted.split(".")
+    if first not in STDLIB:
+        return None
+    found: object = importlib.import_module(first)
+    for part in rest:
+        if not hasattr(found, part):
+            return False
+        found = getattr(found, part)
+    return True
+
+
+def name_problem(span: str, repo: Repository) -> str | None:
+    """What is wrong with one span that names something, or None (also for a span that is
+    no name: prose, bytes, log lines, options). A name is recognised by its shape:
+    `make TARGET`, `VAR=value`, a file of the repository, `name()` or `module.name()`,
+    `test_...`, `ack_...` or `broadcast_...`, a snake_case or UPPER_CASE identifier (a
+    single lower-case word is not checked: it is too often an ordinary word)."""
+    if span.startswith("make "):
+        return make_problem(span, repo)
+    if re.fullmatch(r"[A-Z][A-Z0-9_]*=\S*", span):
+        variable = span.split("=")[0]
+        return None if variable in repo.make_variables else "is no variable of the Makefile"
+    if re.fullmatch(r"(transcripts/|\.ci/)?[\w.-]+\.(py|txt|md)|transcripts/|\.ci/run", span):
+        return None if (HERE / span).exists() else "is no file of the repository"
+    call = re.fullmatch(r"(?P<name>[A-Za-z_][\w.]*)\([^()]*\)", span)
+    if call is not None:
+        return callable_problem(call["name"], repo)
+    if re.fullmatch(r"[a-z_]\w*(\.\w+)+", span):
+        return "is not in the standard library" if stdlib_attribute(span) is False else None
+    if span.startswith("test_"):
+        return None if span in repo.tests else f"is no test in {Path(__file__).name}"
+    if re.fullmatch(r"(ack|broadcast)_\w+", span):
+        return None if span in repo.transcripts else "is no transcript in transcripts/"
+    if re.fullmatch(r"[a-z]+(_[a-z0-9]+)+|[A-Z][A-Z0-9]*(_[A-Z0-9]+)+", span):
+        known = repo.names | repo.stdlib | set(dir(errno)) | NOT_PYTHON
+        return None if span in known else f"is no name in {', '.join(PYTHON_FILES)}"
+    return None
+
+
+def callable_problem(name: str, repo: Repository) -> str | None:
+    """What is wrong with `name()`: it must be a function, method or class of ours, or
+    something the server calls from the standard library (`send()`, `select.select()`)."""
+    if "." in name:
+        exists = stdlib_attribute(name)
+        if exists is not None:
+            return None if exists else "is not in the standard library"
+        name = name.rsplit(".", 1)[1]  # sock.fileno(): a method of an object of ours
+    if name in repo.defs or name in repo.stdlib:
+        return None
+    return f"is no function, method or class in {', '.join(PYTHON_FILES)}"
+
+
+def make_problem(command: str, repo: Repository) -> str | None:
+    """What is wrong with `make TARGET... VAR=value...`: an unknown target or variable."""
+    for word in shlex.split(command)[1:]:
+        if "=" in word:
+            if word.split("=")[0] not in repo.make_variables:
+                return f"sets {word.split('=')[0]}, which the Makefile does not use"
+        elif word not in repo.targets:
+            return f"runs {word!r}, which is no target of the Makefile"
+    return None
+
+
+def readme_name_problems(text: str, repo: Repository) -> list[str]:
+    """One line for every name in a README's spans, and every make command in its code
+    blocks, that does not exist in the repository."""
+    problems = []
+    commands = [
+        m["command"].strip() for _, body in readme_blocks(text) for m in COMMAND.finditer(body)
+    ]
+    for span in [*readme_spans(text), *(c for c in commands if c.startswith("make "))]:
+        problem = name_problem(span, repo)
+        if problem is not None:
+            problems.append(f"`{span}` {problem}")
+    return sorted(set(problems))
+
+
+SHOWN_RUN = re.compile(r"\bpython3? (\w+\.py)((?: [^\s#'\"()]+)*)")  # python FILE ARGS
+SHOWN_FILE = re.compile(r"(\w+\.py)((?: [^\s#'\"()]+)+)")  # FILE ARGS, the python left out
+
+
+def commands_in(lines: list[str]) -> list[list[str]]:
+    """Every `python FILE ...` in these lines that runs one of our Python files, as
+    [file, arguments...], comments too ("# or: python select_server.py broadcast")."""
+    matches = [match for line in lines for match in SHOWN_RUN.finditer(line)]
+    return [[m[1], *m[2].split()] for m in matches if m[1] in PYTHON_FILES]
+
+
+def readme_commands(text: str) -> list[list[str]]:
+    """Every command of a README that runs one of our Python files: in its code blocks
+    and spans, and spans that leave the python out (`bench.py --smoke`)."""
+    spans = readme_spans(text)
+    found = commands_in([line for _, body in readme_blocks(text) for line in body.splitlines()])
+    files = [match for match in map(SHOWN_FILE.fullmatch, spans) if match]
+    return (
+        found + commands_in(spans) + [[m[1], *m[2].split()] for m in files if m[1] in PYTHON_FILES]
+    )
+
+
+def program_help(file: str, subcommand: list[str]) -> str:
+    """What `python FILE [SUBCOMMAND] --help` prints (at 80 columns), or why it failed."""
+    command = [sys.executable, str(HERE / file), *subcommand, "--help"]
+    environment = {**os.environ, "COLUMNS": "80"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30, env=environment)
+    if result.returncode != 0:
+        return f"exit status {result.returncode}: {(result.stdout + result.stderr).strip()}"
+    return result.stdout
+
+
+def command_problem(file: str, args: list[str], helps: dict[str, str]) -> str | None:
+    """What is wrong with one shown command: a server command line that select_server.py
+    refuses, an option that the program's --help does not have, a transcript or a
+    subcommand that does not exist."""
+    if file == "select_server.py" and "--help" not in args:
+        try:
+            with contextlib.redirect_stderr(io.StringIO()) as said:
+                select_server.parse_args(args)
+        except SystemExit:
+            return f"is refused: {said.getvalue().strip().splitlines()[-1]}"
+        return None
+    subcommand = args[:1] if file == "test_transcripts.py" else []
+    if file == "test_transcripts.py":
+        if subcommand not in (["check"], ["record"]):
+            return "is neither `check` nor `record`"
+        if subcommand == ["record"]:
+            missing = [path for path in args[1:] if not (HERE / path).is_file()]
+            return f"records {missing}, which are no transcripts" if missing else None
+    key = " ".join([file, *subcommand])
+    if key not in helps:
+        helps[key] = program_help(file, subcommand)
+    if helps[key].startswith("exit status"):
+        return f"--help fails: {helps[key]}"
+    unknown = [arg for arg in args if arg.startswith("--") and arg not in helps[key]]
+    return f"has {unknown}, which its --help does not list" if unknown else None
+
+
+def readme_command_problems(text: str) -> list[str]:
+    """One line for every shown command that no longer runs the way the README says, and
+    for shown --help output that is not what the program prints (compared word by word,
+    so that the terminal's width does not matter)."""
+    problems = []
+    helps: dict[str, str] = {}
+    for file, *args in readme_commands(text):
+        problem = command_problem(file, args, helps)
+        if problem is not None:
+            problems.append(f"`{' '.join([file, *args])}` {problem}")
+    for _, body in readme_blocks(text):
+        shown = re.match(r"usage: (\w+\.py)", body)
+        if shown is not None and shown[1] in PYTHON_FILES:
+            printed = program_help(shown[1], [])
+            if body.split() != printed.split():
+                problems.append(
+                    f"the --help shown for {shown[1]} is not what it prints:\n{printed}"
+                )
+    return sorted(set(problems))
+
+
+def readme_block_problems(text: str, repo: Repository) -> list[str]:
+    """One line for every shown transcript that is not the file's text, and every shown
+    `make check` report whose lines do not name exactly the transcripts of its modes, or
+    whose last line does not count them."""
+    problems = []
+    for _, body in readme_blocks(text):
+        if re.search(r"^mode (ack|broadcast)$", body, re.M):
+            files = [path.read_text(encoding="utf-8") for path in (HERE / "transcripts").glob("*")]
+            if body not in files:
+                problems.append(f"a transcript shown is no file of transcripts/:\n{body}")
+        if body.startswith("$ make check"):
+            problems += report_problems(body, repo)
+    return problems
+
+
+def report_problems(report: str, repo: Repository) -> list[str]:
+    """What is wrong with one `make check` report that a README shows."""
+    modes = {
+        m
+        for line in re.findall(r"^checking \((.*) mode\)", report, re.M)
+        for m in line.split(" and ")
+    }
+    results = re.findall(r"^(pass|FAIL)  ([^:( \n]+)", report, re.M)
+    named = {name for _, name in results if name != "generated"}
+    expected = {name for name in repo.transcripts if name.split("_")[0] in modes}
+    problems = []
+    if named != expected:
+        problems.append(
+            f"the report for {sorted(modes)} names {sorted(named - expected)} and not "
+            f"{sorted(expected - named)}: run it again"
+        )
+    passed = sum(verdict == "pass" for verdict, _ in results)
+    counts = f"{passed} passed, {len(results) - passed} failed"
+    if not report.rstrip().endswith(counts):
+        problems.append(f"a report does not end with {counts!r}")
+    return problems
+
+
+def code_lines(language: str, body: str) -> str:
+    """A code block as a guide in another language may show it: in a shell or Python
+    block, the comments may be translated, so they are left out."""
+    if language not in ("sh", "python"):
+        return body
+    return "\n".join(re.sub(r"(^|\s+)#.*$", "", line) for line in body.splitlines())
+
+
+def picture(body: str) -> str:
+    """A Mermaid diagram without its labels: its nodes and arrows."""
+    return re.sub(r'"[^"]*"', '""', body)
+
+
+def guide_problems(english: str, guide: str) -> list[str]:
+    """What is wrong with README.zh-CN.md next to README.md: a code block of the guide
+    that the README does not show (comments aside), a diagram that is not the same
+    picture, the README's set-up commands missing, or a link either way missing."""
+    shown = {code_lines(language, body) for language, body in readme_blocks(english)}
+    pictures = {picture(body) for language, body in readme_blocks(english) if language == "mermaid"}
+    problems = []
+    for language, body in readme_blocks(guide):
+        if language == "mermaid":
+            if picture(body) not in pictures:
+                problems.append(f"the guide's diagram is not the README's:\n{body}")
+        elif code_lines(language, body) not in shown:
+            problems.append(f"the guide shows a block that the README does not:\n{body}")
+    set_up = code_lines(*readme_blocks(english)[0])
+    if set_up not in {code_lines(language, body) for language, body in readme_blocks(guide)}:
+        problems.append(f"the guide does not show the README's first block:\n{set_up}")
+    if "(README.zh-CN.md)" not in "".join(english.splitlines(keepends=True)[:5]):
+        problems.append("README.md does not link README.zh-CN.md in its first lines")
+    if "(README.md)" not in "".join(guide.splitlines(keepends=True)[:5]):
+        problems.append("README.zh-CN.md does not link README.md in its first lines")
+    return problems
+
+
+def readme(name: str) -> str:
+    return (HERE / name).read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("name", READMES)
+def test_readme_names_only_what_exists(name: str) -> None:
+    """Every function, method, test, transcript, file and make target a README names in
+    backticks (or runs with make in a code block) is in the repository."""
+    problems = readme_name_problems(readme(name), repository())
+    assert not problems, f"{name} names what does not exist:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("name", READMES)
+def test_readme_commands_run_as_shown(name: str) -> None:
+    """Every command a README shows that runs our Python files is accepted as written,
+    with options the program has, and shown --help output is what it prints; shown
+    transcripts are the files' text, and shown reports name every transcript."""
+    text = readme(name)
+    problems = readme_command_problems(text) + readme_block_problems(text, repository())
+    assert not problems, f"{name} shows what no longer runs so:\n" + "\n".join(problems)
+
+
+def test_readme_set_up_commands_start_the_server_and_run_the_tests() -> None:
+    """The README's first block: the server command (each mode it names) starts and
+    announces `listening on 127.0.0.1:PORT (MODE mode)`, on the host and port the README
+    and its `nc` lines give by default, and stops with status 0 on SIGINT; `make test`
+    is a target that runs pytest on this file (a dry run: make test runs this test)."""
+    _, first = readme_blocks(readme("README.md"))[0]
+    servers = [
+        args for file, *args in commands_in(first.splitlines()) if file == "select_server.py"
+    ]
+    assert servers, f"the README's first block starts no server:\n{first}"
+    defaults = select_server.parse_args(["ack"])
+    assert f"`{defaults.host}:{defaults.port}`" in readme("README.md")
+    nc_lines = re.findall(r"^nc (\S+) (\d+)", readme("README.md"), re.M)
+    assert nc_lines and all(nc == (defaults.host, str(defaults.port)) for nc in nc_lines)
+    for args in servers:
+        command = [sys.executable, str(HERE / "select_server.py"), *args, "--port", "0"]
+        with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as server:
+            try:
+                assert server.stdout is not None
+                ready, _, _ = select.select([server.stdout], [], [], 5.0)
+                line = server.stdout.readline() if ready else "(nothing within 5 s)"
+                assert re.fullmatch(rf"listening on 127\.0\.0\.1:\d+ \({args[0]} mode\)\n", line)
+                server.send_signal(signal.SIGINT)
+                assert server.wait(timeout=5.0) == 0
+            finally:
+                server.kill()
+    assert re.search(r"^make test\b", first, re.M), first
+    if shutil.which("make") is None:
+        pytest.skip("no make here")
+    dry_run = subprocess.run(
+        ["make", "-n", "test", f"PYTHON={sys.executable}"],
+        cwd=HERE,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert dry_run.returncode == 0, dry_run.stdout + dry_run.stderr
+    assert re.search(r"pytest .*test_transcripts\.py", dry_run.stdout), dry_run.stdout
+
+
+def test_chinese_guide_shows_the_readmes_commands_and_code() -> None:
+    """README.zh-CN.md shows no code block that README.md does not (comments may be
+    translated), the same diagram (labels may be), the README's set-up commands, and
+    each file links the other in its first lines."""
+    problems = guide_problems(readme("README.md"), readme("README.zh-CN.md"))
+    assert not problems, "\n".join(problems)
+
+
+STALE = """# A README gone stale
+
+[guide](README.zh-CN.md)
+
+Run `make tests` or `make check SERVERS=x`; the server calls `pay_nobody()` and `stop_writing`,
+`test_that_was_removed` shows it, as does `ack_gone`; see `no_such_file.py`.
+
+```sh
+python select_server.py chat
+python bench.py --no-such-option
+make lint
+```
+
+```
+usage: select_server.py [-h] {ack,broadcast,chat}
+```
+
+```
+$ make check BROADCAST='x {port}'
+checking (broadcast mode): x {port}
+pass  broadcast_three_clients
+1 passed, 1 failed
+```
+"""
+
+
+def test_readme_checks_fail_on_a_stale_readme() -> None:
+    """The checks above can fail: on a README that names what is gone, and shows commands
+    that no longer run, each stale thing is reported."""
+    repo = repository()
+    names = "\n".join(readme_name_problems(STALE, repo))
+    for stale in [
+        "`make tests`",
+        "SERVERS",
+        "`pay_nobody()`",
+        "`stop_writing`",
+        "`test_that_was_removed`",
+        "`ack_gone`",
+        "`no_such_file.py`",
+        "'lint'",
+    ]:
+        assert stale in names, names
+    commands = "\n".join(readme_command_problems(STALE) + readme_block_problems(STALE, repo))
+    for stale in [
+        "`select_server.py chat`",
+        "--no-such-option",
+        "the --help shown for select_server.py is not what it prints",
+        "names []",
+        "'1 passed, 0 failed'",
+    ]:
+        assert stale in commands, commands
+    assert guide_problems(STALE, "no link\n```sh\nmake lint\n```\n") == [
+        "the guide shows a block that the README does not:\nmake lint\n",
+        "the guide does not show the README's first block:\n"
+        + code_lines(*readme_blocks(STALE)[0]),
+        "README.zh-CN.md does not link README.md in its first lines",
+    ]
 
 
 def main(argv: list[str]) -> int:

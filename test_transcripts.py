@@ -2762,8 +2762,8 @@ def test_reader_just_above_the_slowest_rate_is_kept_and_the_chat_stays_fast() ->
     rate that stays, while one client floods and two others chat every 50 ms. The reader
     is kept and gets every byte. While it is owed B, no one else is read; but it is tried
     again every 20 ms (select() would say "writable" only much later), so the room moves
-    as soon as it has drained: 9 chat messages in 10 arrive within 150 ms, and none
-    takes 300 ms (before that retry, most took up to a grace)."""
+    as soon as it has drained: 9 chat messages in 10 arrive within 300 ms, and none
+    takes a whole grace (before that retry, most took about a grace)."""
     server = ServerProcess("broadcast", "--quiet", *RULE_ARGS)
     room: ChatRoom | None = None
     try:
@@ -2776,7 +2776,7 @@ def test_reader_just_above_the_slowest_rate_is_kept_and_the_chat_stays_fast() ->
             sent = flood.stop()
         delays = sorted(room.delays().values())
         p90, longest = delays[len(delays) * 9 // 10], delays[-1]
-        assert p90 < 0.15 and longest < 0.3, f"chat p90 {p90:.3f} s, longest {longest:.3f} s"
+        assert p90 < 0.3 and longest < RULE_GRACE, f"chat p90 {p90:.3f} s, longest {longest:.3f} s"
         reader = host_port(room.reader.getsockname())
         assert not [line for line in server.new_lines() if line.startswith(reader)]
         room.hurry.set()  # the reader reads the rest as fast as it can

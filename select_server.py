@@ -11,6 +11,7 @@ on Linux, macOS and Windows.
 from __future__ import annotations
 
 import argparse
+import bisect
 import contextlib
 import errno
 import os
@@ -272,14 +273,18 @@ class Server:
         """Rule 3: read one chunk from each readable client, until room bytes are read."""
         # In turn by descriptor, from next_turn on: when the room runs out, the first
         # client not read goes first next round, so a busy room starves no one.
-        ready = [self.clients[fd] for fd in readable if fd in self.clients]
+        ready = [fd for fd in readable if fd in self.clients]
+        if room < RECV_SIZE * len(ready):  # the room may run out: take turns
+            ready.sort()
+            first = bisect.bisect_left(ready, self.next_turn)
+            ready = ready[first:] + ready[:first]
         chunks = []
-        for client in sorted(ready, key=lambda client: (client.fd < self.next_turn, client.fd)):
+        for fd in ready:
             if room <= 0:
-                self.next_turn = client.fd
+                self.next_turn = fd
                 break
-            if data := self.read_from(client, min(room, RECV_SIZE)):
-                chunks.append((client, data))
+            if data := self.read_from(self.clients[fd], min(room, RECV_SIZE)):
+                chunks.append((self.clients[fd], data))
                 room -= len(data)
         return chunks
 
@@ -289,6 +294,8 @@ class Server:
 
     def drop_the_too_slow(self) -> None:
         """Rule 4: drop each client whose G seconds are up before it took what it had to."""
+        if not self.outputs:
+            return  # the usual case
         now = time.monotonic()
         for client in [client for client in self.owed_clients() if client.deadline <= now]:
             self.write_to(client)  # one last try: it may have made room select() missed
@@ -408,25 +415,23 @@ class Server:
         # it all. Whatever waits puts client in outputs, with a deadline, until it is sent.
         if not (data and client.reading and not client.failure):
             return  # nothing to send, or a client that hung up: it gets nothing new
+        if not client.outbox:  # nothing ahead of it
+            sent = self.send_some(client, data)
+            if sent is None or sent == len(data):
+                return  # the send failed, or it is all sent
+            data = memoryview(data)[sent:]  # the rest, without a copy
+            self.outputs.append(client.fd)  # watch for writable, and start its clock
+            self.start_clock(client)
         client.outbox.append(data)
         client.owed += len(data)
-        if len(client.outbox) == 1:  # nothing was queued ahead of it
-            self.write_to(client)
-            if client.outbox:  # the rest waits: watch for writable, and start its clock
-                self.outputs.append(client.fd)
-                self.start_clock(client)
 
     def write_to(self, client: Client) -> None:
         """Send client as much of its outbox as its socket takes now."""
         outbox = client.outbox
         while outbox:
-            try:
-                sent = client.sock.send(outbox[0])
-            except BlockingIOError:
-                return  # no room at all right now
-            except OSError as error:  # e.g. BrokenPipeError: the client is gone
-                self.stop_sending(client, error)
-                return
+            sent = self.send_some(client, outbox[0])
+            if sent is None:
+                return  # the send failed
             client.owed -= sent
             client.taken += sent
             if sent < len(outbox[0]):
@@ -434,6 +439,16 @@ class Server:
                 return
             outbox.popleft()
         self.owe_nothing(client)
+
+    def send_some(self, client: Client, data: bytes | memoryview) -> int | None:
+        """send() what client's socket takes now; return how much, or None if it failed."""
+        try:
+            return client.sock.send(data)
+        except BlockingIOError:
+            return 0  # no room at all right now
+        except OSError as error:  # e.g. BrokenPipeError: the client is gone
+            self.stop_sending(client, error)
+            return None
 
     def hang_up(self, client: Client) -> None:
         """The client sent EOF: stop reading it, and close it once it has all it is owed."""

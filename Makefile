@@ -43,7 +43,7 @@ fuzz: venv
 
 # Side by side with the asyncio peer in bench.py and, when it is there, the select()
 # ceiling peer next to this repository (an optional extra): each row three times, the
-# servers taking turns to go first: four to five minutes. `make test` runs only --smoke.
+# servers taking turns to go first: about six minutes. `make test` runs only --smoke.
 CEILING := $(wildcard ../shared/peers/select_ceiling.py)
 bench:
 	$(PYTHON) bench.py --against asyncio $(if $(CEILING),--against 'python $(CEILING) {mode}') \

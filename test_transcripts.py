@@ -2611,6 +2611,25 @@ def test_restart_on_the_same_port_works_at_once(start_server: StartServer) -> No
     assert start_server("ack", port=first.port).port == first.port
 
 
+def assert_510_are_served_and_the_rest_wait(server: ServerProcess, wait: float) -> None:
+    """560 clients connect to a server on Windows: 510 are served, the other 50 wait in
+    the kernel's queue, none refused or reset, and are served as the first 50 leave;
+    then the server stops cleanly."""
+    clients = [Client(server) for _ in range(560)]
+    server.expect_line(r"connected \(510 online\)", timeout=wait)
+    server.expect_line(r"not accepting new clients until one leaves: 510 clients")
+    last = clients[-1]
+    last.send(b"waiting")  # sits in the kernel until the server accepts it
+    assert_quiet(last)
+    for client in clients[:50]:
+        client.close()
+    assert last.receive(3) == b"ACK"
+    for client in clients[50:-1]:
+        client.send(b"all served?")
+        assert client.receive(3) == b"ACK"
+    server.stop()
+
+
 @linux_only
 def test_on_windows_510_clients_are_served_and_the_rest_wait(start_server: StartServer) -> None:
     """On Windows (sys.platform reading win32) 560 clients connect: 510 are served (with
@@ -2623,19 +2642,7 @@ def test_on_windows_510_clients_are_served_and_the_rest_wait(start_server: Start
     assert "--max-clients must be between 1 and 510" in too_many.stderr
     windows = ["pretend-windows"]
     server = start_server("ack", "--quiet", changes=windows, preexec_fn=nofile_limit(1024))
-    clients = [Client(server) for _ in range(560)]
-    server.expect_line(r"connected \(510 online\)", timeout=3 * WAIT)
-    server.expect_line(r"not accepting new clients until one leaves: 510 clients")
-    last = clients[-1]
-    last.send(b"waiting")  # sits in the kernel until the server accepts it
-    assert_quiet(last)
-    for client in clients[:50]:
-        client.close()
-    assert last.receive(3) == b"ACK"
-    for client in clients[50:-1]:
-        client.send(b"all served?")
-        assert client.receive(3) == b"ACK"
-    server.stop()
+    assert_510_are_served_and_the_rest_wait(server, 3 * WAIT)
 
 
 def test_accepted_sockets_send_small_chunks_at_once() -> None:
@@ -2810,19 +2817,7 @@ def test_510_clients_are_served_and_the_rest_wait_under_wine(
     assert too_many.returncode == 2, too_many.stdout
     assert "--max-clients must be between 1 and 510" in too_many.stdout  # stderr, joined
     server = start_server("ack", "--quiet", interpreter=[python])
-    clients = [Client(server) for _ in range(560)]
-    server.expect_line(r"connected \(510 online\)", timeout=6 * WAIT)
-    server.expect_line(r"not accepting new clients until one leaves: 510 clients")
-    last = clients[-1]
-    last.send(b"waiting")  # sits in the kernel until the server accepts it
-    assert_quiet(last)
-    for client in clients[:50]:
-        client.close()
-    assert last.receive(3) == b"ACK"
-    for client in clients[50:]:
-        client.send(b"all served?")
-        assert client.receive(3) == b"ACK"
-    server.stop()
+    assert_510_are_served_and_the_rest_wait(server, 6 * WAIT)
 
 
 # ---------------------------------------------------------------- the README stays true

@@ -14,6 +14,7 @@ import argparse
 import bisect
 import contextlib
 import errno
+import heapq
 import os
 import select
 import signal
@@ -258,13 +259,14 @@ class Server:
             return [fd for fd in self.inputs if fd not in self.outputs], limit  # one waits
         # broadcast: every client feeds every other, so the round may read only as much
         # as the client owed most can still take. One that hung up gets nothing new.
-        owed = sorted((client.owed, client.fd) for client in self.owed_clients() if client.reading)
-        most, fullest = owed[-1] if owed else (0, -1)
+        owed = [(client.owed, client.fd) for client in self.owed_clients() if client.reading]
+        # The two owed most (padded: with one such client or none, the rest count as 0).
+        (most, fullest), (second, _) = heapq.nlargest(2, [*owed, (0, -1), (0, -1)])
         if most < limit:
             return self.inputs, limit - most
         # No room: only the fullest client is read (its bytes go to the others, and its
         # EOF must be seen), as much as the client owed most after it can still take.
-        room = limit - (owed[-2][0] if len(owed) > 1 else 0)
+        room = limit - second
         if room > 0:
             return [fd for fd in self.inputs if fd not in self.clients or fd == fullest], room
         return [fd for fd in self.inputs if fd not in self.clients], 0  # no client is read

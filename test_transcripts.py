@@ -1734,6 +1734,14 @@ def resident_memory_mb(pid: int) -> float:
     return int(match[1]) / 1024
 
 
+def connect_a_crowd(server: ServerProcess) -> list[socket.socket]:
+    """CROWD clients of server, each one accepted (its "connected" line seen)."""
+    raise_own_nofile_limit(CROWD + 100)
+    crowd = [Client(server).sock for _ in range(CROWD)]
+    server.expect_lines("connected", CROWD)
+    return crowd
+
+
 def crowd_sends_at_once(
     server: ServerProcess, crowd: list[socket.socket], messages: list[bytes], close: bool
 ) -> dict[int, list[bytes]]:
@@ -1789,11 +1797,8 @@ def test_a_crowd_that_sends_at_once_is_served_whole_and_none_is_dropped(
     and none is dropped: each gets the 199 others' messages whole and none of its own,
     and the server's memory grows by less than 8 MB (a round that read one chunk from
     every sender held 6.4 MB, twice over)."""
-    raise_own_nofile_limit(CROWD + 100)
     server = start_server("broadcast", "--quiet", *RULE_ARGS)
-    crowd = [Client(server).sock for _ in range(CROWD)]
-    for _ in crowd:
-        server.expect_line("connected")
+    crowd = connect_a_crowd(server)
     before = resident_memory_mb(server.pid)
     messages = [bytes([index]) * 32768 for index in range(CROWD)]
     received = crowd_sends_at_once(server, crowd, messages, close=False)
@@ -1819,11 +1824,8 @@ def test_an_ack_crowd_that_sends_at_once_is_answered_in_bounded_memory(
     memory grows by less than 8 MB (a round that read one chunk from every client held
     12.8 MB until it was answered); each client gets only whole ACKs, at least one per
     64 KiB, and then its EOF."""
-    raise_own_nofile_limit(CROWD + 100)
     server = start_server("ack", "--quiet", *RULE_ARGS)
-    crowd = [Client(server).sock for _ in range(CROWD)]
-    for _ in crowd:
-        server.expect_line("connected")
+    crowd = connect_a_crowd(server)
     before = resident_memory_mb(server.pid)
     received = crowd_sends_at_once(server, crowd, [bytes(1 << 20)] * CROWD, close=True)
     grown = peak_memory_mb(server.pid) - before

@@ -11,7 +11,6 @@ on Linux, macOS and Windows.
 from __future__ import annotations
 
 import argparse
-import bisect
 import contextlib
 import errno
 import heapq
@@ -175,7 +174,6 @@ class Server:
         self.buffer = memoryview(bytearray(RECV_SIZE))  # see read_from()
         self.clients: dict[int, Client] = {}  # by descriptor number
         self.next_turn = 0  # the descriptor read first next round (rule 3)
-        self.accept_retry_at: float | None = None  # see stop_accepting()
         # Descriptor numbers, kept up to date as things happen, never rebuilt: a client
         # joins or leaves, starts or stops owing bytes. Only clients that are owed bytes
         # are in outputs, because a healthy socket is always writable and select() would
@@ -193,8 +191,7 @@ class Server:
         while True:
             to_read, room = self.what_to_read()  # room: the most bytes this round reads
             held = len(to_read) < len(self.inputs)  # some client waits for what is owed
-            # No exceptional list: SO_OOBINLINE (see open_listener) makes urgent data
-            # ordinary.
+            # No exceptional list: SO_OOBINLINE (see open_listener) makes urgent data ordinary.
             timeout = self.seconds_to_sleep(held)
             readable, writable, _ = select.select(to_read, self.outputs, [], timeout)
             if self.wakeup_fd in readable:
@@ -219,11 +216,8 @@ class Server:
                 if fd in self.clients:  # not if it was dropped earlier in this round
                     self.write_to(self.clients[fd])
 
-            # 4. drop the clients that took too little of what they are owed (and, if
-            #    accept() ran out of resources with no client to leave, try it again)
+            # 4. drop the clients that took too little of what they are owed
             self.drop_the_too_slow()
-            if self.accept_retry_at is not None and time.monotonic() >= self.accept_retry_at:
-                self.start_accepting()
 
     def close(self) -> None:
         """Close every socket: the listener, the wake-up pair and the clients'."""
@@ -266,20 +260,18 @@ class Server:
             return self.inputs, limit - most
         # No room: only the fullest client is read (its bytes go to the others, and its
         # EOF must be seen), as much as the client owed most after it can still take.
-        room = limit - second
-        if room > 0:
-            return [fd for fd in self.inputs if fd not in self.clients or fd == fullest], room
-        return [fd for fd in self.inputs if fd not in self.clients], 0  # no client is read
+        # (Two clients owed B each: no client is read until one of them takes its bytes.)
+        room = max(0, limit - second)
+        others = [fd for fd in self.inputs if fd not in self.clients]  # listener, wake-up
+        return (others + [fullest] if room else others), room
 
     def read_in_turn(self, readable: list[int], room: int) -> list[tuple[Client, bytes]]:
         """Rule 3: read one chunk from each readable client, until room bytes are read."""
         # In turn by descriptor, from next_turn on: when the room runs out, the first
         # client not read goes first next round, so a busy room starves no one.
         ready = [fd for fd in readable if fd in self.clients]
-        if room < RECV_SIZE * len(ready):  # the room may run out: take turns
-            ready.sort()
-            first = bisect.bisect_left(ready, self.next_turn)
-            ready = ready[first:] + ready[:first]
+        if room < RECV_SIZE * len(ready):  # the room may run out: next_turn and after first
+            ready.sort(key=lambda fd: (fd < self.next_turn, fd))
         chunks = []
         for fd in ready:
             if room <= 0:
@@ -311,17 +303,15 @@ class Server:
 
     def seconds_to_sleep(self, held: bool) -> float | None:
         """How long select() may sleep: to the next deadline, RETRY while a client is held."""
-        if not self.outputs and self.accept_retry_at is None:
+        if not self.outputs:
             return None  # the usual case: until something happens
-        deadlines = [client.deadline for client in self.owed_clients()]
-        if self.accept_retry_at is not None:
-            deadlines.append(self.accept_retry_at)
-        seconds = max(0.0, min(deadlines) - time.monotonic())
         # Rule 3: a client that is not read waits until some client owed bytes takes them.
         # But select() says "writable" only once a good part of a socket's buffer is free,
         # and that buffer can be megabytes: the room would wait seconds for a client that
         # has long made room. So then every client owed bytes is tried every RETRY seconds.
-        return min(seconds, RETRY) if held else seconds
+        if held:
+            return RETRY
+        return max(0.0, min(client.deadline for client in self.owed_clients()) - time.monotonic())
 
     # ------------------------------------------------------------ handlers
 
@@ -358,21 +348,20 @@ class Server:
         log(f"{client.name} connected ({len(self.clients)} online)")
 
     def stop_accepting(self, reason: str) -> None:
-        """Stop watching the listening socket: new clients wait in the kernel's queue."""
-        # Until a client leaves (or, with none connected, for ACCEPT_RETRY seconds). A
-        # listening socket with a client waiting stays readable: a loop that kept watching
-        # it while accept() could not succeed would spin.
-        self.inputs.remove(self.listener_fd)
+        """Stop watching the listening socket until a client leaves: new clients wait in
+        the kernel's queue."""
+        # A listening socket with a client waiting stays readable: a loop that kept
+        # watching it while accept() could not succeed would spin.
         if self.clients:
+            self.inputs.remove(self.listener_fd)
             log(f"not accepting new clients until one leaves: {reason}")
-        else:  # no one can leave to make room: try again in a while
-            self.accept_retry_at = time.monotonic() + ACCEPT_RETRY
+        else:  # no one can leave to make room, and there is no one else to serve: wait
             log(f"not accepting new clients for {ACCEPT_RETRY} s: {reason}")
+            select.select([self.wakeup_fd], [], [], ACCEPT_RETRY)  # or until a stop signal
 
     def start_accepting(self) -> None:
         """Watch the listening socket again."""
         self.inputs.append(self.listener_fd)
-        self.accept_retry_at = None
         log("accepting new clients again")
 
     def read_from(self, client: Client, size: int) -> bytes:
@@ -400,16 +389,17 @@ class Server:
         if not chunks:
             return
         joined = b"".join(data for _, data in chunks)  # of one chunk: that very object
-        view, start, own_chunk_at = memoryview(joined), 0, {}
+        view, end, own_chunk_at = memoryview(joined), 0, {}
         for sender, data in chunks:
-            own_chunk_at[sender] = (start, start + len(data))
-            start += len(data)
+            end += len(data)
+            own_chunk_at[sender] = (end - len(data), end)
         for client in list(self.clients.values()):
-            if client not in own_chunk_at:
-                self.owe(client, joined)
+            if client in own_chunk_at:
+                start, end = own_chunk_at[client]
+                self.owe(client, view[:start])
+                self.owe(client, view[end:])
             else:
-                self.owe(client, view[: own_chunk_at[client][0]])
-                self.owe(client, view[own_chunk_at[client][1] :])
+                self.owe(client, joined)
 
     def owe(self, client: Client, data: bytes | memoryview) -> None:
         """Send data to client now, or queue what its socket does not take in its outbox."""

@@ -2845,76 +2845,70 @@ def test_510_clients_are_served_and_the_rest_wait_under_wine(
 
 
 # ---------------------------------------------------------------- the README stays true
-#
-# README.md and README.zh-CN.md name functions, tests, transcripts, files and make targets
-# in backticks, and show commands and their output in code blocks. These tests fail when a
-# name is no longer in the repository, or a command no longer runs the way a README shows.
-# They use nothing of the harness above: only the files of the repository.
+# These tests fail when a README names in backticks what is not in the repository, or shows
+# in a code block a command that no longer runs so, or output that the program does not print.
 
 READMES = ["README.md", "README.zh-CN.md"]
 PYTHON_FILES = ["select_server.py", "test_transcripts.py", "bench.py"]
 FENCE = re.compile(r"^```(?P<lang>[\w-]*)\n(?P<body>.*?)^```$", re.M | re.S)
-SPAN = re.compile(r"``(?P<double>.+?)``|`(?P<single>[^`]+)`", re.S)
-# A command a code block shows: python or make, at the start of a line (after "$ " in a
-# report), or after "or: " (as in "# or: python select_server.py broadcast").
-COMMAND = re.compile(r"(?:^\s*(?:\$ )?|\bor: )(?P<command>(?:python3?|make) [^#\n)]*)", re.M)
-# Modules of the standard library whose names a README may write as module.name.
-STDLIB = ("asyncio", "builtins", "errno", "os", "select", "selectors", "signal", "socket", "sys")
-NOT_PYTHON = {"TIME_WAIT"}  # a name in backticks that is no Python name: a TCP state
+SPAN = re.compile(r"``(.+?)``|`([^`]+)`", re.S)
+STDLIB = "asyncio|builtins|errno|os|select|selectors|signal|socket|sys"  # as `module.name`
+# A span that names something, by its shape: the group that matches says what. Any other
+# span (prose, bytes, an option, a lower-case word: too often an ordinary one) is no name.
+NAME = re.compile(
+    r"make (?P<make_command>.+)"
+    r"|(?P<make_variable>[A-Z][A-Z0-9_]*)=\S*"
+    r"|(?P<file>(?:transcripts/|\.ci/)?[\w.-]+\.(?:py|txt|md)|transcripts/|\.ci/run)"
+    rf"|(?P<stdlib_name>(?:{STDLIB})(?:\.\w+)+)(?:\([^()]*\))?"
+    r"|(?:[A-Za-z_][\w.]*\.)?(?P<function>[A-Za-z_]\w*)\([^()]*\)"  # sock.fileno(): ours
+    r"|(?P<test>test_.*)"
+    r"|(?P<transcript>(?:ack|broadcast)_\w+)"
+    r"|(?P<name>[a-z]+(?:_[a-z0-9]+)+|[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)",
+    re.S,
+)
+MAKE_RUN = re.compile(r"(?:^\s*(?:\$ )?|\bor: )(make [^#\n)]*)", re.M)  # "or: make ack"
+# `python FILE ARGS` (in a comment too), or FILE ARGS at the start: `bench.py --smoke`.
+OURS = "|".join(re.escape(file) for file in PYTHON_FILES)
+PYTHON_RUN = re.compile(rf"(?:\bpython3? |^(?=\w+\.py ))({OURS})((?: [^\s#'\"()]+)*)")
 
 
-@dataclass(frozen=True)
-class Repository:
-    """The names a README may use: found in the files, never listed by hand."""
-
-    defs: set[str]  # functions, methods and classes of PYTHON_FILES
-    names: set[str]  # every identifier in PYTHON_FILES: defs, variables, attributes
-    tests: set[str]  # test functions of this file
-    transcripts: set[str]  # stems of transcripts/*.txt
-    targets: set[str]  # the Makefile's targets
-    make_variables: set[str]  # every upper-case word in the Makefile
-    stdlib: set[str]  # what the server calls from the standard library: send(), select()...
-
-
-def repository() -> Repository:
-    """Read the names of everything a README may name from the repository's files."""
-    defs: set[str] = set()
-    names: set[str] = set()
+def known_names() -> dict[str, set[str]]:
+    """What a README may name, by the group of NAME: read from the files, never by hand."""
+    defs: set[str] = set()  # functions, methods and classes
+    names: set[str] = set()  # every other identifier: variables, attributes, arguments
     for file in PYTHON_FILES:
         for node in ast.walk(ast.parse((HERE / file).read_text(encoding="utf-8"))):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 defs.add(node.name)
-            elif isinstance(node, ast.Name):
-                names.add(node.id)
-            elif isinstance(node, ast.Attribute):
-                names.add(node.attr)
-            elif isinstance(node, ast.arg):
-                names.add(node.arg)
+            elif isinstance(node, (ast.Name, ast.Attribute, ast.arg)):  # its id, attr or arg
+                names.update(getattr(node, field, "") for field in ("id", "attr", "arg"))
     makefile = (HERE / "Makefile").read_text(encoding="utf-8")
-    targets = re.findall(r"^([a-z][\w -]*):(?!=)", makefile, re.M)
-    stdlib = set(dir(builtins)) | set(dir(socket)) | set(dir(socket.socket)) | set(dir(bytes))
-    return Repository(
-        defs=defs,
-        names=names | defs,
-        tests={name for name in defs if name.startswith("test_")},
-        transcripts={path.stem for path in (HERE / "transcripts").glob("*.txt")},
-        targets={target for line in targets for target in line.split()},
-        make_variables=set(re.findall(r"\b[A-Z][A-Z0-9_]*\b", makefile)),
-        stdlib=stdlib | set(dir(select)) | set(dir(signal)) | set(dir(os)),
-    )
+    called = [builtins, socket, socket.socket, bytes, select, signal, os]  # send(), select()
+    stdlib = {name for module in called for name in dir(module)}
+    return {
+        "make_variable": set(re.findall(r"\b[A-Z][A-Z0-9_]*\b", makefile)),
+        "target": set(" ".join(re.findall(r"^([a-z][\w -]*):(?!=)", makefile, re.M)).split()),
+        "function": defs | stdlib,
+        "test": {name for name in defs if name.startswith("test_")},
+        "transcript": {path.stem for path in TRANSCRIPTS.glob("*.txt")},
+        "name": names | defs | stdlib | set(dir(errno)) | {"TIME_WAIT"},  # a TCP state
+    }
 
 
-def readme_prose(text: str) -> str:
-    """A README without its code blocks and HTML comments: the text whose spans are names."""
-    return FENCE.sub("", re.sub(r"<!--.*?-->", "", text, flags=re.S))
-
-
-def readme_spans(text: str) -> list[str]:
-    """Every `code span` of a README's prose, its line breaks made spaces."""
-    spans = []
-    for match in SPAN.finditer(readme_prose(text)):
-        spans.append(" ".join((match["double"] or match["single"]).split()))
-    return spans
+def exists(kind: str, name: str, known: dict[str, set[str]]) -> bool:
+    """Whether the name that a group of NAME matched is in the repository."""
+    if kind == "make_command":  # TARGET... VARIABLE=value...
+        words = [word.partition("=") for word in shlex.split(name)]  # (name, "=" or "", value)
+        return all(w in known["make_variable" if is_set else "target"] for w, is_set, _ in words)
+    if kind == "file":
+        return (HERE / name).exists()
+    if kind != "stdlib_name":
+        return name in known[kind]
+    module, *attributes = name.split(".")
+    with contextlib.suppress(AttributeError):  # module.name.name...: getattr, and again
+        functools.reduce(getattr, attributes, importlib.import_module(module))
+        return True
+    return False
 
 
 def readme_blocks(text: str) -> list[tuple[str, str]]:
@@ -2922,332 +2916,155 @@ def readme_blocks(text: str) -> list[tuple[str, str]]:
     return [(match["lang"], match["body"]) for match in FENCE.finditer(text)]
 
 
-def stdlib_attribute(dotted: str) -> bool | None:
-    """Whether module.name exists, for a module in STDLIB; None: not such a module."""
-    first, *rest = dotted.split(".")
-    if first not in STDLIB:
-        return None
-    found: object = importlib.import_module(first)
-    for part in rest:
-        if not hasattr(found, part):
-            return False
-        found = getattr(found, part)
-    return True
-
-
-def name_problem(span: str, repo: Repository) -> str | None:
-    """What is wrong with one span that names something, or None (also for a span that is
-    no name: prose, bytes, log lines, options). A name is recognised by its shape:
-    `make TARGET`, `VAR=value`, a file of the repository, `name()` or `module.name()`,
-    `test_...`, `ack_...` or `broadcast_...`, a snake_case or UPPER_CASE identifier (a
-    single lower-case word is not checked: it is too often an ordinary word)."""
-    if span.startswith("make "):
-        return make_problem(span, repo)
-    if re.fullmatch(r"[A-Z][A-Z0-9_]*=\S*", span):
-        variable = span.split("=")[0]
-        return None if variable in repo.make_variables else "is no variable of the Makefile"
-    if re.fullmatch(r"(transcripts/|\.ci/)?[\w.-]+\.(py|txt|md)|transcripts/|\.ci/run", span):
-        return None if (HERE / span).exists() else "is no file of the repository"
-    call = re.fullmatch(r"(?P<name>[A-Za-z_][\w.]*)\([^()]*\)", span)
-    if call is not None:
-        return callable_problem(call["name"], repo)
-    if re.fullmatch(r"[a-z_]\w*(\.\w+)+", span):
-        return "is not in the standard library" if stdlib_attribute(span) is False else None
-    if span.startswith("test_"):
-        return None if span in repo.tests else f"is no test in {Path(__file__).name}"
-    if re.fullmatch(r"(ack|broadcast)_\w+", span):
-        return None if span in repo.transcripts else "is no transcript in transcripts/"
-    if re.fullmatch(r"[a-z]+(_[a-z0-9]+)+|[A-Z][A-Z0-9]*(_[A-Z0-9]+)+", span):
-        known = repo.names | repo.stdlib | set(dir(errno)) | NOT_PYTHON
-        return None if span in known else f"is no name in {', '.join(PYTHON_FILES)}"
-    return None
-
-
-def callable_problem(name: str, repo: Repository) -> str | None:
-    """What is wrong with `name()`: it must be a function, method or class of ours, or
-    something the server calls from the standard library (`send()`, `select.select()`)."""
-    if "." in name:
-        exists = stdlib_attribute(name)
-        if exists is not None:
-            return None if exists else "is not in the standard library"
-        name = name.rsplit(".", 1)[1]  # sock.fileno(): a method of an object of ours
-    if name in repo.defs or name in repo.stdlib:
-        return None
-    return f"is no function, method or class in {', '.join(PYTHON_FILES)}"
-
-
-def make_problem(command: str, repo: Repository) -> str | None:
-    """What is wrong with `make TARGET... VAR=value...`: an unknown target or variable."""
-    for word in shlex.split(command)[1:]:
-        if "=" in word:
-            if word.split("=")[0] not in repo.make_variables:
-                return f"sets {word.split('=')[0]}, which the Makefile does not use"
-        elif word not in repo.targets:
-            return f"runs {word!r}, which is no target of the Makefile"
-    return None
-
-
-def readme_name_problems(text: str, repo: Repository) -> list[str]:
-    """One line for every name in a README's spans, and every make command in its code
-    blocks, that does not exist in the repository."""
-    problems = []
-    commands = [
-        m["command"].strip() for _, body in readme_blocks(text) for m in COMMAND.finditer(body)
-    ]
-    for span in [*readme_spans(text), *(c for c in commands if c.startswith("make "))]:
-        problem = name_problem(span, repo)
+def readme_problems(text: str) -> Iterator[str]:
+    """What a README names or shows that is not so: a name (in a span, or a make command
+    in a block) that the repository lacks, a run of our files, or a program's output."""
+    known = known_names()
+    blocks = [body for _, body in readme_blocks(text)]
+    prose = FENCE.sub("", re.sub(r"<!--.*?-->", "", text, flags=re.S))  # no blocks, comments
+    spans = [" ".join((match[1] or match[2]).split()) for match in SPAN.finditer(prose)]
+    makes = [match[1].strip() for body in blocks for match in MAKE_RUN.finditer(body)]
+    for span in spans + makes:
+        match = NAME.fullmatch(span)
+        if match and match.lastgroup and not exists(match.lastgroup, match[match.lastgroup], known):
+            yield f"`{span}`: no such {match.lastgroup.replace('_', ' ')}"
+    for run in [match for part in blocks + spans for match in PYTHON_RUN.finditer(part)]:
+        problem = run_problem(run[1], run[2].split())
         if problem is not None:
-            problems.append(f"`{span}` {problem}")
-    return sorted(set(problems))
+            yield f"`{run[0]}` {problem}"
+    for body in blocks:
+        yield from output_problems(body, known["transcript"])
 
 
-SHOWN_RUN = re.compile(r"\bpython3? (\w+\.py)((?: [^\s#'\"()]+)*)")  # python FILE ARGS
-SHOWN_FILE = re.compile(r"(\w+\.py)((?: [^\s#'\"()]+)+)")  # FILE ARGS, the python left out
-
-
-def commands_in(lines: list[str]) -> list[list[str]]:
-    """Every `python FILE ...` in these lines that runs one of our Python files, as
-    [file, arguments...], comments too ("# or: python select_server.py broadcast")."""
-    matches = [match for line in lines for match in SHOWN_RUN.finditer(line)]
-    return [[m[1], *m[2].split()] for m in matches if m[1] in PYTHON_FILES]
-
-
-def readme_commands(text: str) -> list[list[str]]:
-    """Every command of a README that runs one of our Python files: in its code blocks
-    and spans, and spans that leave the python out (`bench.py --smoke`)."""
-    spans = readme_spans(text)
-    found = commands_in([line for _, body in readme_blocks(text) for line in body.splitlines()])
-    files = [match for match in map(SHOWN_FILE.fullmatch, spans) if match]
-    return (
-        found + commands_in(spans) + [[m[1], *m[2].split()] for m in files if m[1] in PYTHON_FILES]
-    )
-
-
-def program_help(file: str, subcommand: list[str]) -> str:
-    """What `python FILE [SUBCOMMAND] --help` prints (at 80 columns), or why it failed."""
-    command = [sys.executable, str(HERE / file), *subcommand, "--help"]
-    environment = {**os.environ, "COLUMNS": "80"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=30, env=environment)
-    if result.returncode != 0:
-        return f"exit status {result.returncode}: {(result.stdout + result.stderr).strip()}"
+@functools.lru_cache(maxsize=None)
+def program_help(file: str, subcommand: str = "") -> str:
+    """What `python FILE [SUBCOMMAND] --help` prints, at 80 columns."""
+    command = [sys.executable, str(HERE / file), *subcommand.split(), "--help"]
+    wide = {**os.environ, "COLUMNS": "80"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30, env=wide)
+    assert result.returncode == 0, f"{command} fails: {result.stdout + result.stderr}"
     return result.stdout
 
 
-def command_problem(file: str, args: list[str], helps: dict[str, str]) -> str | None:
-    """What is wrong with one shown command: a server command line that select_server.py
-    refuses, an option that the program's --help does not have, a transcript or a
-    subcommand that does not exist."""
+def run_problem(file: str, args: list[str]) -> str | None:
+    """What is wrong with `python FILE ARGS...`: what the program refuses or does not have."""
     if file == "select_server.py" and "--help" not in args:
-        try:
-            with contextlib.redirect_stderr(io.StringIO()) as said:
+        with contextlib.redirect_stderr(io.StringIO()) as said:
+            try:
                 select_server.parse_args(args)
-        except SystemExit:
-            return f"is refused: {said.getvalue().strip().splitlines()[-1]}"
+            except SystemExit:
+                return f"is refused: {said.getvalue().strip().splitlines()[-1]}"
         return None
-    subcommand = args[:1] if file == "test_transcripts.py" else []
-    if file == "test_transcripts.py":
-        if subcommand in (["table"], ["pythons"]):
-            return None
-        if subcommand == ["server"]:
-            names = args[1].split(",") if args[1:2] and args[1] not in ("--list", "NAME") else []
-            unknown_changes = [name for name in names if name not in CHANGES]
-            return f"runs {unknown_changes}, which are no changes" if unknown_changes else None
-        if subcommand not in (["check"], ["record"]):
-            return "is none of `check`, `record`, `server`, `table` and `pythons`"
-        if subcommand == ["record"]:
-            missing = [path for path in args[1:] if not (HERE / path).is_file()]
-            return f"records {missing}, which are no transcripts" if missing else None
-    key = " ".join([file, *subcommand])
-    if key not in helps:
-        helps[key] = program_help(file, subcommand)
-    if helps[key].startswith("exit status"):
-        return f"--help fails: {helps[key]}"
-    unknown = [arg for arg in args if arg.startswith("--") and arg not in helps[key]]
-    return f"has {unknown}, which its --help does not list" if unknown else None
+    subcommand = args[0] if file == "test_transcripts.py" and args else ""
+    if subcommand == "server" and args[1:2] not in ([], ["--list"], ["NAME"]):
+        unknown = [name for name in args[1].split(",") if name not in CHANGES]
+    elif subcommand == "record":
+        unknown = [path for path in args[1:] if not (HERE / path).is_file()]
+    elif subcommand in ("", "check"):  # the other subcommands have no --help
+        printed = program_help(file, subcommand)
+        unknown = [arg for arg in args if arg.startswith("--") and arg not in printed]
+    else:
+        unknown = [] if subcommand in ("server", "table", "pythons") else [subcommand]
+    return f"has {unknown}, which it does not know" if unknown else None
 
 
-def readme_command_problems(text: str) -> list[str]:
-    """One line for every shown command that no longer runs the way the README says, and
-    for shown --help output that is not what the program prints (compared word by word,
-    so that the terminal's width does not matter)."""
-    problems = []
-    helps: dict[str, str] = {}
-    for file, *args in readme_commands(text):
-        problem = command_problem(file, args, helps)
-        if problem is not None:
-            problems.append(f"`{' '.join([file, *args])}` {problem}")
-    for _, body in readme_blocks(text):
-        shown = re.match(r"usage: (\w+\.py)", body)
-        if shown is not None and shown[1] in PYTHON_FILES:
-            printed = program_help(shown[1], [])
-            if body.split() != printed.split():
-                problems.append(
-                    f"the --help shown for {shown[1]} is not what it prints:\n{printed}"
-                )
-    return sorted(set(problems))
+def output_problems(body: str, transcripts: set[str]) -> Iterator[str]:
+    """What is wrong with a block of a program's output: --help that it does not print, a
+    transcript that is no file, a make check report of other transcripts (or miscounted)."""
+    usage = re.match(r"usage: (\w+\.py)", body)
+    if usage and usage[1] in PYTHON_FILES and body.split() != program_help(usage[1]).split():
+        yield f"the --help shown for {usage[1]} is not what it prints"  # word by word: any width
+    files = [path.read_text(encoding="utf-8") for path in TRANSCRIPTS.glob("*")]
+    if re.search(r"^mode (ack|broadcast)$", body, re.M) and body not in files:
+        yield f"a transcript shown is no file of transcripts/:\n{body}"
+    if not body.startswith("$ make check"):
+        return
+    modes = " ".join(re.findall(r"^checking \((.*) mode\)", body, re.M)).split()
+    results = re.findall(r"^(pass|FAIL)  ([^:( \n]+)", body, re.M)
+    named = {name for _, name in results} - {"generated"}
+    expected = {name for name in transcripts if name.split("_")[0] in modes}
+    if named != expected:  # a transcript was added or removed since: run it again
+        yield f"a report names {sorted(named - expected)}, not {sorted(expected - named)}"
+    passed = [verdict for verdict, _ in results].count("pass")
+    if not body.rstrip().endswith(f"{passed} passed, {len(results) - passed} failed"):
+        yield f"a report does not end with '{passed} passed, {len(results) - passed} failed'"
 
 
-def readme_block_problems(text: str, repo: Repository) -> list[str]:
-    """One line for every shown transcript that is not the file's text, and every shown
-    `make check` report whose lines do not name exactly the transcripts of its modes, or
-    whose last line does not count them."""
-    problems = []
-    for _, body in readme_blocks(text):
-        if re.search(r"^mode (ack|broadcast)$", body, re.M):
-            files = [path.read_text(encoding="utf-8") for path in (HERE / "transcripts").glob("*")]
-            if body not in files:
-                problems.append(f"a transcript shown is no file of transcripts/:\n{body}")
-        if body.startswith("$ make check"):
-            problems += report_problems(body, repo)
-    return problems
+def guide_problems(english: str, guide: str) -> Iterator[str]:
+    """A block of README.zh-CN.md that README.md does not have (translations aside), the
+    README's first block (the set-up) missing, or a link to the other file not on top."""
 
-
-def report_problems(report: str, repo: Repository) -> list[str]:
-    """What is wrong with one `make check` report that a README shows."""
-    modes = {
-        m
-        for line in re.findall(r"^checking \((.*) mode\)", report, re.M)
-        for m in line.split(" and ")
-    }
-    results = re.findall(r"^(pass|FAIL)  ([^:( \n]+)", report, re.M)
-    named = {name for _, name in results if name != "generated"}
-    expected = {name for name in repo.transcripts if name.split("_")[0] in modes}
-    problems = []
-    if named != expected:
-        problems.append(
-            f"the report for {sorted(modes)} names {sorted(named - expected)} and not "
-            f"{sorted(expected - named)}: run it again"
-        )
-    passed = sum(verdict == "pass" for verdict, _ in results)
-    counts = f"{passed} passed, {len(results) - passed} failed"
-    if not report.rstrip().endswith(counts):
-        problems.append(f"a report does not end with {counts!r}")
-    return problems
-
-
-def code_lines(language: str, body: str) -> str:
-    """A code block as a guide in another language may show it: in a shell or Python
-    block, the comments may be translated, so they are left out."""
-    if language not in ("sh", "python"):
-        return body
-    return "\n".join(re.sub(r"(^|\s+)#.*$", "", line) for line in body.splitlines())
-
-
-def picture(body: str) -> str:
-    """A Mermaid diagram without its labels: its nodes and arrows."""
-    return re.sub(r'"[^"]*"', '""', body)
-
-
-def guide_problems(english: str, guide: str) -> list[str]:
-    """What is wrong with README.zh-CN.md next to README.md: a code block of the guide
-    that the README does not show (comments aside), a diagram that is not the same
-    picture, the README's set-up commands missing, or a link either way missing."""
-    shown = {code_lines(language, body) for language, body in readme_blocks(english)}
-    pictures = {picture(body) for language, body in readme_blocks(english) if language == "mermaid"}
-    problems = []
-    for language, body in readme_blocks(guide):
+    def untranslated(language: str, body: str) -> tuple[str, str]:
+        """A code block without what a guide may translate: comments, a diagram's labels."""
         if language == "mermaid":
-            if picture(body) not in pictures:
-                problems.append(f"the guide's diagram is not the README's:\n{body}")
-        elif code_lines(language, body) not in shown:
-            problems.append(f"the guide shows a block that the README does not:\n{body}")
-    set_up = code_lines(*readme_blocks(english)[0])
-    if set_up not in {code_lines(language, body) for language, body in readme_blocks(guide)}:
-        problems.append(f"the guide does not show the README's first block:\n{set_up}")
-    if "(README.zh-CN.md)" not in "".join(english.splitlines(keepends=True)[:5]):
-        problems.append("README.md does not link README.zh-CN.md in its first lines")
-    if "(README.md)" not in "".join(guide.splitlines(keepends=True)[:5]):
-        problems.append("README.zh-CN.md does not link README.md in its first lines")
-    return problems
+            body = re.sub(r'"[^"]*"', '""', body)
+        elif language in ("sh", "python"):
+            body = "\n".join(re.sub(r"(^|\s+)#.*$", "", line) for line in body.splitlines())
+        return language, body
 
-
-def readme(name: str) -> str:
-    return (HERE / name).read_text(encoding="utf-8")
-
-
-@pytest.mark.parametrize("name", READMES)
-def test_readme_names_only_what_exists(name: str) -> None:
-    """Every function, method, test, transcript, file and make target a README names in
-    backticks (or runs with make in a code block) is in the repository."""
-    problems = readme_name_problems(readme(name), repository())
-    assert not problems, f"{name} names what does not exist:\n" + "\n".join(problems)
+    english_blocks = [untranslated(*block) for block in readme_blocks(english)]
+    guide_blocks = [untranslated(*block) for block in readme_blocks(guide)]
+    for _, body in set(guide_blocks) - set(english_blocks):
+        yield f"the guide shows a block the README does not:\n{body}"
+    if english_blocks[0] not in guide_blocks:
+        yield "the guide does not show the README's first block"
+    for text, other in [(english, "README.zh-CN.md"), (guide, "README.md")]:
+        if f"({other})" not in "".join(text.splitlines()[:5]):
+            yield f"{other} is not linked in the first lines of the other"
 
 
 @pytest.mark.parametrize("name", READMES)
-def test_readme_commands_run_as_shown(name: str) -> None:
-    """Every command a README shows that runs our Python files is accepted as written,
-    with options the program has, and shown --help output is what it prints; shown
-    transcripts are the files' text, and shown reports name every transcript."""
-    text = readme(name)
-    problems = readme_command_problems(text) + readme_block_problems(text, repository())
-    assert not problems, f"{name} shows what no longer runs so:\n" + "\n".join(problems)
+def test_readme_names_only_what_exists_and_runs_as_shown(name: str) -> None:
+    """Every function, test, transcript, file and make target a README names exists, each
+    run of our files it shows runs so, and each output it shows is what the program prints."""
+    problems = sorted(set(readme_problems((HERE / name).read_text(encoding="utf-8"))))
+    assert not problems, f"{name} is not true:\n" + "\n".join(problems)
 
 
 def test_readme_set_up_commands_start_the_server_and_run_the_tests() -> None:
-    """The README's first block: the server command (each mode it names) starts and
-    announces `listening on 127.0.0.1:PORT (MODE mode)`, on the host and port the README
-    and its `nc` lines give by default, and stops with status 0 on SIGINT; `make test`
-    is a target that runs pytest on this file (a dry run: make test runs this test)."""
-    _, first = readme_blocks(readme("README.md"))[0]
-    servers = [
-        args for file, *args in commands_in(first.splitlines()) if file == "select_server.py"
-    ]
+    """The README's first block: each server command announces `listening on 127.0.0.1:PORT
+    (MODE mode)`, the defaults the README and its `nc` lines give, and exits 0 on SIGINT;
+    `make test` runs pytest on this file (a dry run: make test runs this test)."""
+    text = (HERE / "README.md").read_text(encoding="utf-8")
+    _, first = readme_blocks(text)[0]
+    servers = [run[2].split() for run in PYTHON_RUN.finditer(first) if run[1] == SERVER.name]
     assert servers, f"the README's first block starts no server:\n{first}"
+    for mode, *args in servers:  # interpreter given: the real server, even with $BROKEN_SERVER
+        with ServerProcess(mode, *args, host=None, interpreter=[sys.executable]) as server:
+            assert server.announcement == f"listening on 127.0.0.1:{server.port} ({mode} mode)"
+            server.stop()
     defaults = select_server.parse_args(["ack"])
-    assert f"`{defaults.host}:{defaults.port}`" in readme("README.md")
-    nc_lines = re.findall(r"^nc (\S+) (\d+)", readme("README.md"), re.M)
+    assert f"`{defaults.host}:{defaults.port}`" in text
+    nc_lines = re.findall(r"^nc (\S+) (\d+)", text, re.M)
     assert nc_lines and all(nc == (defaults.host, str(defaults.port)) for nc in nc_lines)
-    for args in servers:
-        command = [sys.executable, str(HERE / "select_server.py"), *args, "--port", "0"]
-        with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as server:
-            try:
-                assert server.stdout is not None
-                ready, _, _ = select.select([server.stdout], [], [], 5.0)
-                line = server.stdout.readline() if ready else "(nothing within 5 s)"
-                assert re.fullmatch(rf"listening on 127\.0\.0\.1:\d+ \({args[0]} mode\)\n", line)
-                server.send_signal(signal.SIGINT)
-                assert server.wait(timeout=5.0) == 0
-            finally:
-                server.kill()
     assert re.search(r"^make test\b", first, re.M), first
     if shutil.which("make") is None:
         pytest.skip("no make here")
-    dry_run = subprocess.run(
-        ["make", "-n", "test", f"PYTHON={sys.executable}"],
-        cwd=HERE,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    command = ["make", "-n", "test", f"PYTHON={sys.executable}"]
+    dry_run = subprocess.run(command, cwd=HERE, capture_output=True, text=True, timeout=30)
     assert dry_run.returncode == 0, dry_run.stdout + dry_run.stderr
     assert re.search(r"pytest .*test_transcripts\.py", dry_run.stdout), dry_run.stdout
 
 
 def test_chinese_guide_shows_the_readmes_commands_and_code() -> None:
-    """README.zh-CN.md shows no code block that README.md does not (comments may be
-    translated), the same diagram (labels may be), the README's set-up commands, and
-    each file links the other in its first lines."""
-    problems = guide_problems(readme("README.md"), readme("README.zh-CN.md"))
+    """README.zh-CN.md shows only code blocks that README.md has (comments and diagram
+    labels may be translated), the set-up among them, and each file links the other."""
+    english, guide = [(HERE / name).read_text(encoding="utf-8") for name in READMES]
+    problems = list(guide_problems(english, guide))
     assert not problems, "\n".join(problems)
 
 
-STALE = """# A README gone stale
-
-[guide](README.zh-CN.md)
-
-Run `make tests` or `make check SERVERS=x`; the server calls `pay_nobody()` and `stop_writing`,
-`test_that_was_removed` shows it, as does `ack_gone`; see `no_such_file.py`.
-
+STALE = """Run `make tests`, `make check SERVERS=x` or `GONE=1`: the server calls `pay_nobody()`,
+`select.poll_forever()` and `stop_writing`; `test_that_was_removed` shows it, and `ack_gone`;
+see `no_such_file.py`.
 ```sh
 python select_server.py chat
 python bench.py --no-such-option
 make lint
 ```
-
 ```
 usage: select_server.py [-h] {ack,broadcast,chat}
 ```
-
 ```
 $ make check BROADCAST='x {port}'
 checking (broadcast mode): x {port}
@@ -3258,36 +3075,23 @@ pass  broadcast_three_clients
 
 
 def test_readme_checks_fail_on_a_stale_readme() -> None:
-    """The checks above can fail: on a README that names what is gone, and shows commands
-    that no longer run, each stale thing is reported."""
-    repo = repository()
-    names = "\n".join(readme_name_problems(STALE, repo))
-    for stale in [
-        "`make tests`",
-        "SERVERS",
-        "`pay_nobody()`",
-        "`stop_writing`",
-        "`test_that_was_removed`",
-        "`ack_gone`",
-        "`no_such_file.py`",
-        "'lint'",
-    ]:
-        assert stale in names, names
-    commands = "\n".join(readme_command_problems(STALE) + readme_block_problems(STALE, repo))
-    for stale in [
-        "`select_server.py chat`",
-        "--no-such-option",
+    """The checks above can fail: each stale thing in a README or its guide is reported."""
+    guide = "```sh\nmake lint\n```\n"
+    problems = "\n".join([*readme_problems(STALE), *guide_problems(STALE, guide)])
+    names = re.findall(r"`([^`]+)`", STALE.split("```")[0])  # each span of its prose is stale
+    for stale in [f"`{name}`" for name in names] + [
+        "`make lint`",
+        "`python select_server.py chat` is refused",
+        "`python bench.py --no-such-option`",
         "the --help shown for select_server.py is not what it prints",
-        "names []",
+        "a report names [], not ['broadcast_half_close",
         "'1 passed, 0 failed'",
+        "the guide shows a block the README does not:\nmake lint\n",
+        "the guide does not show the README's first block",
+        "README.zh-CN.md is not linked",
+        "README.md is not linked",
     ]:
-        assert stale in commands, commands
-    assert guide_problems(STALE, "no link\n```sh\nmake lint\n```\n") == [
-        "the guide shows a block that the README does not:\nmake lint\n",
-        "the guide does not show the README's first block:\n"
-        + code_lines(*readme_blocks(STALE)[0]),
-        "README.zh-CN.md does not link README.md in its first lines",
-    ]
+        assert stale in problems, problems
 
 
 # ================================================================ 9. the benchmark's smoke run

@@ -3450,8 +3450,7 @@ class CommandServer(ServerProcess):
 def free_port() -> int:
     """A TCP port that nothing listens on now, for {port}."""
     with socket.create_server(("127.0.0.1", 0)) as probe:
-        port: int = probe.getsockname()[1]
-        return port
+        return int(probe.getsockname()[1])
 
 
 def reachable(host: str) -> str:
@@ -3536,6 +3535,7 @@ def is_running(pid: int) -> bool:
 
 CHECK_SECONDS = 45.0  # a check this old stops generating (or shrinking) sessions: under a minute
 GENERATED = 20  # generated sessions per check (the same ones every time)
+SHRINK_SECONDS = math.inf  # how long a failing session is shrunk: until the time is up
 MODES_OF = {"server": ("ack", "broadcast"), "ack": ("ack",), "broadcast": ("broadcast",)}
 
 
@@ -3603,14 +3603,10 @@ def generated_name(modes: tuple[str, ...]) -> str:
 
 
 def generated_result(
-    command: str,
-    modes: tuple[str, ...],
-    examples: int,
-    deadline: float,
-    shrink_for: float = math.inf,
+    command: str, modes: tuple[str, ...], examples: int, deadline: float
 ) -> tuple[str, str | None, list[str]]:
     """Replay generated sessions against command, compared with the model. On a failure
-    hypothesis shrinks the session until deadline (or for shrink_for seconds); the
+    hypothesis shrinks the session until deadline (at most SHRINK_SECONDS); the
     difference ends with the smallest failing one, as a transcript to save."""
     failures: list[tuple[tuple[int, int], str, TranscriptError]] = []  # (size, text, error)
     ran = 0
@@ -3636,7 +3632,7 @@ def generated_result(
         except TranscriptError as error:
             size = (len(actions), sum(len(action.data) for action in actions))
             failures.append((size, text, error))
-            deadline = min(deadline, time.monotonic() + shrink_for)
+            deadline = min(deadline, time.monotonic() + SHRINK_SECONDS)
             raise
         except StartError:
             raise OutOfTime from None  # not a failure of this session: don't shrink it
@@ -3705,12 +3701,6 @@ def check_command_line(changes: Sequence[str] = ()) -> str:
     return shlex.join(server_command(changes=changes)) + " {mode} --port {port}"
 
 
-def run_check(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run `python test_transcripts.py check` to completion (bounded)."""
-    command = [sys.executable, __file__, "check", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=90)
-
-
 def without_slowness_notes(line: str) -> str:
     """A report's line without its note if all it notes is that something took long (a
     busy machine does that: no failure), else as it is."""
@@ -3719,10 +3709,10 @@ def without_slowness_notes(line: str) -> str:
     return result if note and slow else line
 
 
-def checked(mode: str, changes: list[str]) -> list[str]:
-    """The report of a check of our server, changed by changes, in mode only."""
+def checked(name: str) -> list[str]:
+    """The report of a check of the broken server of this name, in its mode only."""
     report: list[str] = []
-    check([(check_command_line(changes), (mode,))], 0, report.append)
+    check([(check_command_line([name]), (CAUGHT_BY_CHECK[name][0],))], 0, report.append)
     return report
 
 
@@ -3731,7 +3721,8 @@ def test_check_passes_our_own_server() -> None:
     """`check` against this server: every transcript passes and so do the generated
     sessions (three here), the report ends with the counts, and the exit status is 0."""
     our_server = check_command_line()
-    result = run_check("--server", our_server, "--examples", "3")
+    command = [sys.executable, __file__, "check", "--server", our_server, "--examples", "3"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=90)
     assert result.returncode == 0, result.stdout + result.stderr
     names = [path.stem for path in transcript_files()]
     assert [without_slowness_notes(line) for line in result.stdout.splitlines()] == [
@@ -3752,13 +3743,12 @@ def test_check_fails_each_broken_server_on_exactly_the_transcripts_that_show_it(
     session, shrunk, as a transcript: it passes against our server and fails against
     that one. (The checks run side by side.)"""
     monkeypatch.setattr(sys.modules[__name__], "CHECK_WAIT", 1.0)  # a missing byte: sooner
+    monkeypatch.setattr(sys.modules[__name__], "SHRINK_SECONDS", 2.0)
     command = check_command_line(["closes-before-paying"])
     with ThreadPoolExecutor(len(CAUGHT_BY_CHECK) + 1) as pool:
-        reports = {
-            name: pool.submit(checked, mode, [name]) for name, (mode, _) in CAUGHT_BY_CHECK.items()
-        }
+        reports = {name: pool.submit(checked, name) for name in CAUGHT_BY_CHECK}
         # It may take a few sessions to fail (bounded: 30 s); then it has 2 s to shrink.
-        generated = pool.submit(generated_result, command, ("ack",), 20, time.monotonic() + 30, 2)
+        generated = pool.submit(generated_result, command, ("ack",), 20, time.monotonic() + 30)
     for name, (mode, failing) in CAUGHT_BY_CHECK.items():
         report = reports[name].result()
         failed = dict(re.findall(r"^FAIL  (\S+): (.*)", "\n".join(report), re.M))
@@ -3797,10 +3787,10 @@ def test_check_fails_fast_when_the_server_never_listens(monkeypatch: pytest.Monk
 
 def test_check_fails_at_once_when_the_server_exits() -> None:
     """A server that exits before it listens (here: our own, given an option it does not
-    know) fails the check at once, with its last line in the report; exit status 1."""
-    result = run_check("--ack", check_command_line() + " --no-such-option")
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert result.stdout.splitlines()[1] == (
+    know) fails the check at once, with its last line in the report."""
+    report: list[str] = []
+    assert check([(check_command_line() + " --no-such-option", ("ack",))], 0, report.append) == 1
+    assert report[1] == (
         "FAIL  ack_every_byte_value: the server exited with status 2 before it listened; "
         "its last line: 'select_server.py: error: unrecognized arguments: --no-such-option'"
     )

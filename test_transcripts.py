@@ -3664,8 +3664,10 @@ def check_main(argv: list[str]) -> int:
         "{port} a free port. A server that prints 'listening on HOST:PORT' is found there.",
     )
     for option, modes in MODES_OF.items():
-        parser.add_argument(f"--{option}", metavar="CMD", help=f"a server of {'/'.join(modes)}")
-    parser.add_argument("--examples", type=int, default=GENERATED, help="generated sessions")
+        what = f"a server of {' and '.join(modes)} mode"
+        parser.add_argument(f"--{option}", metavar="CMD", help=what)
+    what = "generated sessions per command (0: none)"
+    parser.add_argument("--examples", type=int, default=GENERATED, metavar="N", help=what)
     args = vars(parser.parse_args(argv))
     commands = [(args[option], modes) for option, modes in MODES_OF.items() if args[option]]
     if not commands:

@@ -3155,88 +3155,69 @@ class StartError(AssertionError):
 
 
 class CommandServer(ServerProcess):
-    """Any server, started from a shell command line whose {mode} and {port} are filled
-    in, and judged on the wire only (see Session): what it prints is kept for failure
-    messages, not compared. It is found by its 'listening on HOST:PORT' line if it
-    prints one, else on the free port put in {port}, once that listens. stop() ends it
-    with SIGINT (then SIGKILL) and does not judge how it exits."""
+    """Any server, from a shell command line with {mode} and {port} filled in, judged on
+    the wire only (see Session): its output is kept for messages, not compared."""
 
     def __init__(self, command: str, mode: str) -> None:
         port = free_port()
         line = command.replace("{mode}", mode).replace("{port}", str(port))
-        # Through a shell, so that any command line works (`cd dir && ./server`,
-        # `PORT={port} node server.js`), in a session of its own, so that a signal to
-        # its process group reaches whatever the shell starts.
+        # Through a shell, so that any command line works (`cd dir && ./server`), in a
+        # session of its own, so that a signal to its process group reaches all it starts.
         self.start(["/bin/sh", "-c", line], dict(os.environ), os.setsid)
-        self.group: list[int] = []  # its processes, once it listens
-        self.spins = False  # it never went to sleep: stop waiting for that
+        self.spins = False  # it did not go back to sleep: stop waiting for that
         try:
             self.host, self.port = self.find(port, port_given="{port}" in command)
         except StartError:
             self.kill()
             raise
-        self.group = process_group(self.pid)
+        self.group = process_group(self.pid)  # its processes, to see when they sleep
 
     def find(self, port: int, port_given: bool) -> tuple[str, int]:
-        """Wait (bounded: WAIT) until the server says where it listens, or its port
-        listens; fail at once, saying so, if it exits first."""
+        """Wait (bounded: WAIT) for a 'listening on HOST:PORT' line, or for {port} to
+        listen; fail at once, saying so, if the server exits first."""
         deadline = time.monotonic() + WAIT
-        while True:
-            try:
-                self.child.expect_exact("\n", timeout=0.01)
-                match = re.search(LISTENING.pattern, str(self.child.before), re.IGNORECASE)
+        while time.monotonic() < deadline:
+            for line in self.new_lines():
+                match = re.search(LISTENING.pattern, line, re.IGNORECASE)
                 if match is not None:
                     return reachable(match["v6"] or match["v4"]), int(match["port"])
-                continue
-            except pexpect.TIMEOUT:
-                pass
-            except pexpect.EOF:  # it closed its output: it has exited, or will
-                time.sleep(0.01)
             status = self.child.proc.poll()
             if status is not None:
                 with contextlib.suppress(pexpect.TIMEOUT, pexpect.EOF):
                     self.child.expect(pexpect.EOF, timeout=WAIT)  # for its last words
-                raise StartError(
-                    f"the server exited with status {status} before it listened; "
-                    f"{self.last_words()}"
-                )
+                raise self.start_error(f"the server exited with status {status} before it listened")
             host = listening_host(port) if port_given else None
             if host is not None:
                 return host, port
-            if time.monotonic() > deadline:
-                where = "on the port put in {port}" if port_given else "(no {port} in the command)"
-                raise StartError(
-                    f"the server did not listen within {WAIT} s: it printed no 'listening on "
-                    f"HOST:PORT' line, and nothing listens {where}; {self.last_words()}"
-                )
+            time.sleep(0.01)  # a port that begins to listen sends no word: ask again
+        where = "on the port put in {port}" if port_given else "(no {port} in the command)"
+        raise self.start_error(
+            f"the server did not listen within {WAIT} s: it printed no 'listening on "
+            f"HOST:PORT' line, and nothing listens {where}"
+        )
 
-    def last_words(self) -> str:
-        """The last line the server printed, for a message saying why it failed."""
+    def start_error(self, why: str) -> StartError:
+        """why the server did not start, and the last line it printed."""
         lines = [line for line in self.output.getvalue().splitlines() if line.strip()]
-        return f"its last line: {lines[-1]!r}" if lines else "it printed nothing"
+        last = f"its last line: {lines[-1]!r}" if lines else "it printed nothing"
+        return StartError(f"{why}; {last}")
 
     def wait_until_settled(self, client_ports: list[int], wait: float) -> str:
-        """Wait (bounded) until the server has taken in everything the clients (on these
-        ports) did, as the kernel shows it (Linux): every connection accepted, every
-        byte and FIN sent delivered and read, and the server asleep again, done acting
-        on them. Return "" once it is, else what it has still not done.
-
-        This is what our server's log lines are for in a transcript: a barrier, so that
-        the next action cannot overtake what the last ones caused. Without /proc it is a
-        short pause instead.
-        """
+        """Wait (bounded) until the kernel shows (Linux) that the server has taken in all
+        that the clients on these ports did, and gone back to sleep: the barrier our log
+        lines are, so that the next action cannot overtake the last. Return "" once it
+        has, else what it has still not done. Elsewhere: a short pause."""
         if not sys.platform.startswith("linux"):
             time.sleep(QUIET)  # nothing to ask, only time to give
             return ""
         deadline = time.monotonic() + wait
-        while True:
-            if self.child.proc.poll() is not None:
-                return ""  # it has exited: the next expectation says so
+        while self.child.proc.poll() is None:  # once it has exited, the next step says so
             still = self.unsettled(client_ports)
             if not still or time.monotonic() > deadline:
                 self.spins = still == STILL_RUNNING
                 return still
             time.sleep(0.001)
+        return ""
 
     def unsettled(self, client_ports: list[int]) -> str:
         """What the server has still not done that wait_until_settled waits for, or ""."""
@@ -3258,35 +3239,26 @@ class CommandServer(ServerProcess):
             return STILL_RUNNING
         return ""
 
-    def stop(self, sig: int = signal.SIGINT) -> str:
-        """Signal the server's process group, give it STOP_WAIT seconds, then kill it;
-        how it exits is not judged. Return what it printed last."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.child.proc.wait(timeout=STOP_WAIT)
-        self.kill()
-        return ""
-
     def kill(self) -> None:
-        """Kill the server's whole process group, and close its clients' sockets."""
+        """Close the clients, and end the server without judging how: SIGINT to its
+        process group, and SIGKILL to whatever is left STOP_WAIT seconds later."""
         for client in self.clients:
             client.sock.close()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, signal.SIGKILL)
-        self.child.proc.wait(timeout=WAIT)
+        for sig in (signal.SIGINT, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.child.proc.wait(timeout=STOP_WAIT)
 
 
 def free_port() -> int:
     """A TCP port that nothing listens on now, for {port}."""
     with socket.create_server(("127.0.0.1", 0)) as probe:
-        port: int = probe.getsockname()[1]
-        return port
+        return int(probe.getsockname()[1])
 
 
 def reachable(host: str) -> str:
-    """Where to connect to a server that says it listens on host: the loopback address
-    for 'any address' ("0.0.0.0", "::" or "")."""
+    """Where to connect to a server that listens on host: loopback for 'any address'."""
     return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
 
 
@@ -3318,27 +3290,16 @@ def tcp_table(port: int) -> list[TcpEntry]:
                     continue  # other sockets: the table may hold thousands
                 local, remote, state, queues = line.decode().split()[1:5]
                 address, local_port = local.split(":")
-                tx, rx = queues.split(":")
-                entries.append(
-                    TcpEntry(
-                        proc_address(address),
-                        int(local_port, 16),
-                        int(remote.split(":")[1], 16),
-                        int(state, 16),
-                        int(tx, 16),
-                        int(rx, 16),
-                    )
-                )
+                numbers = [local_port, remote.split(":")[1], state, *queues.split(":")]
+                entries.append(TcpEntry(proc_address(address), *(int(n, 16) for n in numbers)))
     return entries
 
 
 def proc_address(hex_address: str) -> str:
     """An IP address as /proc/net/tcp writes it: 32-bit words, each in host byte order."""
-    raw = bytes.fromhex(hex_address)
-    words = [int.from_bytes(raw[i : i + 4], "big") for i in range(0, len(raw), 4)]
+    words = [int(hex_address[i : i + 8], 16) for i in range(0, len(hex_address), 8)]
     packed = b"".join(word.to_bytes(4, sys.byteorder) for word in words)
-    family = socket.AF_INET if len(packed) == 4 else socket.AF_INET6
-    return socket.inet_ntop(family, packed)
+    return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
 
 
 def listening_host(port: int) -> str | None:
@@ -3358,10 +3319,10 @@ def listening_host(port: int) -> str | None:
 def process_group(pgid: int) -> list[int]:
     """The processes of a process group (Linux; elsewhere, none)."""
     members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == pgid:
-                members.append(int(stat.parent.name))
+    for process in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, IndexError, ValueError):  # it has just exited
+            if int(proc_stat(process.name)[2]) == pgid:  # state, parent, group
+                members.append(int(process.name))
     return members
 
 
@@ -3378,6 +3339,8 @@ def is_running(pid: int) -> bool:
 
 CHECK_SECONDS = 45.0  # a check this old stops generating (or shrinking) sessions: under a minute
 GENERATED = 20  # generated sessions per check (the same ones every time)
+SHRINK_SECONDS = math.inf  # how long a failing session is shrunk: until the time is up
+MODES_OF = {"server": ("ack", "broadcast"), "ack": ("ack",), "broadcast": ("broadcast",)}
 
 
 class OutOfTime(BaseException):
@@ -3385,95 +3348,71 @@ class OutOfTime(BaseException):
     take it for a failure of the session to shrink."""
 
 
-def say(line: str) -> None:
-    print(line, flush=True)
-
-
-class Report:
-    """What `make check` prints, through say: one line per result as soon as it is known
-    (a note said once is not repeated), and the counts for the last line."""
-
-    def __init__(self, say: Callable[[str], None] = say) -> None:
-        self.say = say
-        self.passed = 0
-        self.failed = 0
-        self.noted: set[str] = set()
-
-    def result(self, name: str, difference: str | None, notes: list[str] | None = None) -> None:
-        new = [note for note in dict.fromkeys(notes or []) if note not in self.noted]
-        self.noted.update(new)
-        noted = f" (note: {'; '.join(new)})" if new else ""
-        if difference is None:
-            self.passed += 1
-            self.say(f"pass  {name}{noted}")
-        else:
-            self.failed += 1
-            self.say(f"FAIL  {name}: {difference}{noted}")
-
-
 def check(
-    commands: list[tuple[str, tuple[str, ...]]],
-    examples: int = GENERATED,
-    seconds: float = CHECK_SECONDS,
-    say: Callable[[str], None] = say,
+    commands: list[tuple[str, tuple[str, ...]]], examples: int, say: Callable[[str], None]
 ) -> int:
-    """Check other servers against every transcript of their modes, and against generated
-    sessions, on the wire only (see Session); print a report that ends with
-    `N passed, M failed`. Return the exit status: 0 only when all passed."""
+    """Check servers, each (command, modes) against the transcripts of its modes and
+    generated sessions; say each result as soon as it is known, as README.md shows.
+    Return the exit status: 0 only when all passed."""
     started = time.monotonic()
-    report = Report(say)
+    passes: list[bool] = []
+    noted: set[str] = set()  # each note is said once
     for index, (command, modes) in enumerate(commands):
         say(f"checking ({' and '.join(modes)} mode): {command}")
-        deadline = started + seconds * (index + 1) / len(commands)  # a fair share each
-        check_command(command, modes, examples, deadline, report)
-    say(f"{report.passed} passed, {report.failed} failed")
-    return 0 if report.failed == 0 and report.passed > 0 else 1
+        deadline = started + CHECK_SECONDS * (index + 1) / len(commands)  # a fair share each
+        for name, difference, notes in results(command, modes, examples, deadline):
+            passes.append(difference is None)
+            new = [note for note in dict.fromkeys(notes) if note not in noted]
+            noted.update(new)
+            line = f"pass  {name}" if difference is None else f"FAIL  {name}: {difference}"
+            first, newline, shrunk = line.partition("\n")  # a shrunk session goes below
+            say(first + (f" (note: {'; '.join(new)})" if new else "") + newline + shrunk)
+    say(f"{sum(passes)} passed, {len(passes) - sum(passes)} failed")
+    return 0 if passes and all(passes) else 1
 
 
-def check_command(
-    command: str, modes: tuple[str, ...], examples: int, deadline: float, report: Report
-) -> None:
-    """Replay the transcripts of these modes, then generated sessions, against command.
-    A server that does not start fails the first transcript, and the rest are not run."""
-    transcripts = [parse(path.read_text(), path.stem) for path in transcript_files()]
-    transcripts = [transcript for transcript in transcripts if transcript.mode in modes]
+def results(
+    command: str, modes: tuple[str, ...], examples: int, deadline: float
+) -> Iterator[tuple[str, str | None, list[str]]]:
+    """(name, first difference or None, notes) of each transcript of these modes against
+    command, then of generated sessions. Once the server does not start, none is run."""
+    transcripts = transcripts_of(modes)
+    names = [t.name for t in transcripts] + ([generated_name(modes)] if examples else [])
     for index, transcript in enumerate(transcripts):
         try:
             notes = replay(transcript, command=command)
         except StartError as error:
-            report.result(transcript.name, str(error))
-            for rest in transcripts[index + 1 :]:
-                report.result(rest.name, "not run: the server did not start")
-            if examples:
-                report.result(generated_name(modes), "not run: the server did not start")
+            yield transcript.name, str(error), []
+            for name in names[index + 1 :]:
+                yield name, "not run: the server did not start", []
             return
         except TranscriptError as error:
-            report.result(transcript.name, error.summary, error.notes)
+            yield transcript.name, error.summary, error.notes
         except Exception as error:  # a harness error is reported too, not a traceback
-            report.result(transcript.name, f"{type(error).__name__}: {error}".splitlines()[0])
+            yield transcript.name, f"{type(error).__name__}: {error}".splitlines()[0], []
         else:
-            report.result(transcript.name, None, notes)
+            yield transcript.name, None, notes
     if examples:
-        check_generated(command, modes, examples, deadline, report)
+        yield generated_result(command, modes, examples, deadline)
+
+
+def transcripts_of(modes: Sequence[str]) -> list[Transcript]:
+    """The transcripts of these modes, each named by its file's stem."""
+    transcripts = [read_transcript(path, path.stem) for path in transcript_files()]
+    return [transcript for transcript in transcripts if transcript.mode in modes]
 
 
 def generated_name(modes: tuple[str, ...]) -> str:
     return f"generated sessions ({' and '.join(modes)})"
 
 
-def check_generated(
-    command: str,
-    modes: tuple[str, ...],
-    examples: int,
-    deadline: float,
-    report: Report,
-    shrink_for: float = math.inf,
-) -> None:
-    """Replay generated sessions against command and compare them with the model; on a
-    failure hypothesis shrinks the session (until deadline, or for shrink_for seconds),
-    and the smallest failing session is printed as a transcript, to save under
-    transcripts/."""
-    failures: list[tuple[tuple[int, int], str, TranscriptError]] = []
+def generated_result(
+    command: str, modes: tuple[str, ...], examples: int, deadline: float
+) -> tuple[str, str | None, list[str]]:
+    """Replay generated sessions against command, compared with the model. On a failure
+    hypothesis shrinks the session until deadline (at most SHRINK_SECONDS); the
+    difference ends with the smallest failing one, as a transcript to save."""
+    failures: list[tuple[tuple[int, int], str, TranscriptError]] = []  # (size, text, error)
     ran = 0
 
     @settings(
@@ -3497,31 +3436,27 @@ def check_generated(
         except TranscriptError as error:
             size = (len(actions), sum(len(action.data) for action in actions))
             failures.append((size, text, error))
-            deadline = min(deadline, time.monotonic() + shrink_for)
+            deadline = min(deadline, time.monotonic() + SHRINK_SECONDS)
             raise
         except StartError:
             raise OutOfTime from None  # not a failure of this session: don't shrink it
 
     found: Exception | None = None
-    try:
-        replay_generated()
-    except OutOfTime:
-        pass
-    except Exception as error:  # the failure, or hypothesis's word that it was unsteady
-        found = error
+    with contextlib.suppress(OutOfTime):
+        try:
+            replay_generated()
+        except Exception as error:  # the failure, or hypothesis's word that it was unsteady
+            found = error
     name = generated_name(modes)
     if failures:
         _, text, smallest = min(failures, key=lambda failure: failure[0])
-        notes = list(smallest.notes)
-        if isinstance(found, Flaky):
-            notes.append("it did not fail every time it was replayed")
-        report.result(name, f"{smallest.summary}; the session, shrunk:", notes)
-        report.say(textwrap.indent(text, "    ").rstrip("\n"))
-    elif found is not None:  # not a difference on the wire: the harness failed
-        report.result(name, f"{type(found).__name__}: {found}".splitlines()[0])
-    else:
-        notes = [] if ran >= examples else [f"only {ran} of {examples} ran in the time"]
-        report.result(f"{name}: {ran}, each as the model predicts", None, notes)
+        flaky = ["it did not fail every time it was replayed"] if isinstance(found, Flaky) else []
+        shrunk = textwrap.indent(text, "    ").rstrip("\n")
+        return name, f"{smallest.summary}; the session, shrunk:\n{shrunk}", smallest.notes + flaky
+    if found is not None:  # not a difference on the wire: the harness failed
+        return name, f"{type(found).__name__}: {found}".splitlines()[0], []
+    notes = [] if ran >= examples else [f"only {ran} of {examples} ran in the time"]
+    return f"{name}: {ran}, each as the model predicts", None, notes
 
 
 def check_main(argv: list[str]) -> int:
@@ -3532,28 +3467,17 @@ def check_main(argv: list[str]) -> int:
         "the wire only. CMD is a shell command line; {mode} becomes ack or broadcast, "
         "{port} a free port. A server that prints 'listening on HOST:PORT' is found there.",
     )
-    parser.add_argument("--server", metavar="CMD", help="a server of both modes")
-    parser.add_argument("--ack", metavar="CMD", help="a server of ack mode only")
-    parser.add_argument("--broadcast", metavar="CMD", help="a server of broadcast mode only")
-    parser.add_argument(
-        "--examples",
-        type=int,
-        default=GENERATED,
-        metavar="N",
-        help="generated sessions per command (0: none)",
-    )
-    args = parser.parse_args(argv)
-    commands: list[tuple[str, tuple[str, ...]]] = []
-    if args.server:
-        commands.append((args.server, ("ack", "broadcast")))
-    if args.ack:
-        commands.append((args.ack, ("ack",)))
-    if args.broadcast:
-        commands.append((args.broadcast, ("broadcast",)))
+    for option, modes in MODES_OF.items():
+        what = f"a server of {' and '.join(modes)} mode"
+        parser.add_argument(f"--{option}", metavar="CMD", help=what)
+    what = "generated sessions per command (0: none)"
+    parser.add_argument("--examples", type=int, default=GENERATED, metavar="N", help=what)
+    args = vars(parser.parse_args(argv))
+    commands = [(args[option], modes) for option, modes in MODES_OF.items() if args[option]]
     if not commands:
         parser.error("give --server CMD, or --ack CMD and/or --broadcast CMD")
-    try:
-        return check(commands, args.examples)  # every server it starts, it stops
+    try:  # every server it starts, it stops
+        return check(commands, args["examples"], lambda line: print(line, flush=True))
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # the report's reader has gone (`| head`): stop quietly
@@ -3567,12 +3491,7 @@ def check_main(argv: list[str]) -> int:
 
 def transcripts_with(mode: str, verb: str) -> set[str]:
     """The names of the transcripts of mode in which some client does verb."""
-    found = set()
-    for path in transcript_files():
-        transcript = read_transcript(path, path.stem)
-        if transcript.mode == mode and any(step.verb == verb for step in transcript.steps):
-            found.add(transcript.name)
-    return found
+    return {t.name for t in transcripts_of([mode]) if any(s.verb == verb for s in t.steps)}
 
 
 CAUGHT_BY_CHECK = {  # broken servers, each checked in one mode: the transcripts it must fail
@@ -3588,58 +3507,36 @@ def check_command_line(changes: Sequence[str] = ()) -> str:
     return shlex.join(server_command(changes=changes)) + " {mode} --port {port}"
 
 
-def run_check(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run `python test_transcripts.py check` to completion (bounded)."""
-    command = [sys.executable, __file__, "check", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=90)
-
-
 def without_slowness_notes(line: str) -> str:
-    """A report's line without its note if all it notes is that something took long
-    (more than SLOW seconds: a busy machine does that), else as it is."""
+    """A report's line without its note if all it notes is that something took long (a
+    busy machine does that: no failure), else as it is."""
     result, _, note = line.partition(" (note: ")
-    notes = note.rstrip(")").split("; ")
-    slow = all(re.search(r"(waited|came after) [\d.]+ s", part) for part in notes)
+    slow = all(re.search(r"(waited|came after) [\d.]+ s", part) for part in note.split("; "))
     return result if note and slow else line
 
 
-def failures(report: list[str]) -> dict[str, str]:
-    """The failed results of a check's report: name -> what it says."""
-    failed = [line[len("FAIL  ") :].split(": ", 1) for line in report if line.startswith("FAIL")]
-    return {name: said for name, said in failed}
+def checked(name: str) -> list[str]:
+    """The report of a check of the broken server of this name, in its mode only."""
+    report: list[str] = []
+    check([(check_command_line([name]), (CAUGHT_BY_CHECK[name][0],))], 0, report.append)
+    return report
 
 
 @linux_only
 def test_check_passes_our_own_server() -> None:
     """`check` against this server: every transcript passes and so do the generated
-    sessions (three of them here), the report ends with the counts, and the exit status
-    is 0."""
+    sessions (three here), the report ends with the counts, and the exit status is 0."""
     our_server = check_command_line()
-    result = run_check("--server", our_server, "--examples", "3")
+    command = [sys.executable, __file__, "check", "--server", our_server, "--examples", "3"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=90)
     assert result.returncode == 0, result.stdout + result.stderr
-    lines = [without_slowness_notes(line) for line in result.stdout.splitlines()]
-    assert lines[0] == f"checking (ack and broadcast mode): {our_server}"
     names = [path.stem for path in transcript_files()]
-    assert lines[1 : len(names) + 1] == [f"pass  {name}" for name in names]
-    assert (
-        lines[-2] == "pass  generated sessions (ack and broadcast): 3, each as the model predicts"
-    )
-    assert lines[-1] == f"{len(names) + 1} passed, 0 failed"
-
-
-def checked(name: str) -> list[str]:
-    """The report of a check of the broken server of this name in its mode (see
-    CAUGHT_BY_CHECK); for "shrunk", of generated sessions only, against closes-before-paying
-    (the copy README.md shows): it has 2 s to shrink the first failure it finds."""
-    report: list[str] = []
-    if name == "shrunk":
-        command = check_command_line(["closes-before-paying"])
-        deadline = time.monotonic() + 30  # bounded, but it may take a few sessions to fail
-        check_generated(command, ("ack",), GENERATED, deadline, Report(report.append), 2.0)
-    else:
-        command = check_command_line([name])
-        check([(command, (CAUGHT_BY_CHECK[name][0],))], examples=0, say=report.append)
-    return report
+    assert [without_slowness_notes(line) for line in result.stdout.splitlines()] == [
+        f"checking (ack and broadcast mode): {our_server}",
+        *(f"pass  {name}" for name in names),
+        "pass  generated sessions (ack and broadcast): 3, each as the model predicts",
+        f"{len(names) + 1} passed, 0 failed",
+    ]
 
 
 @linux_only
@@ -3648,26 +3545,31 @@ def test_check_fails_each_broken_server_on_exactly_the_transcripts_that_show_it(
 ) -> None:
     """Against a server with one mistake put back, the check fails exactly the transcripts
     that show that mistake, each on one line with what was expected and what arrived.
-    Against the one that closes before paying, the generated sessions fail too, and the
-    report prints the session, shrunk, as a transcript: it passes against our server and
-    fails against that one. (The checks run side by side.)"""
+    Against the one that closes before paying, the generated sessions fail too, with the
+    session, shrunk, as a transcript: it passes against our server and fails against
+    that one. (The checks run side by side.)"""
     monkeypatch.setattr(sys.modules[__name__], "CHECK_WAIT", 1.0)  # a missing byte: sooner
-    jobs = [*CAUGHT_BY_CHECK, "shrunk"]
-    with ThreadPoolExecutor(len(jobs)) as pool:
-        reports = dict(zip(jobs, pool.map(checked, jobs)))
+    monkeypatch.setattr(sys.modules[__name__], "SHRINK_SECONDS", 2.0)
+    command = check_command_line(["closes-before-paying"])
+    with ThreadPoolExecutor(len(CAUGHT_BY_CHECK) + 1) as pool:
+        reports = {name: pool.submit(checked, name) for name in CAUGHT_BY_CHECK}
+        # It may take a few sessions to fail (bounded: 30 s); then it has 2 s to shrink.
+        generated = pool.submit(generated_result, command, ("ack",), 20, time.monotonic() + 30)
     for name, (mode, failing) in CAUGHT_BY_CHECK.items():
-        report, failed = reports[name], failures(reports[name])
+        report = reports[name].result()
+        failed = dict(re.findall(r"^FAIL  (\S+): (.*)", "\n".join(report), re.M))
         assert set(failed) == failing, "\n".join(report)
         for difference in failed.values():
             assert re.match(r"line \d+ `.*`: expected .*, arrived ", difference), difference
-        passed = len(transcripts_with(mode, "connects")) - len(failing)
+        passed = len(transcripts_of([mode])) - len(failing)
         assert report[-1] == f"{passed} passed, {len(failing)} failed", "\n".join(report)
-    said = failures(reports["shrunk"]).get("generated sessions (ack)", "")
-    assert "; the session, shrunk:" in said, "\n".join(reports["shrunk"])
-    session = parse(textwrap.dedent("\n".join(reports["shrunk"][1:])), "shrunk.txt")
+    name, difference, _ = generated.result()
+    _, _, shrunk = str(difference).partition("; the session, shrunk:\n")
+    assert name == "generated sessions (ack)" and shrunk, difference
+    session = parse(textwrap.dedent(shrunk), "shrunk.txt")
     replay(session)
     with pytest.raises(TranscriptError):
-        replay(session, command=check_command_line(["closes-before-paying"]))
+        replay(session, command=command)
 
 
 @linux_only
@@ -3678,7 +3580,7 @@ def test_check_fails_fast_when_the_server_never_listens(monkeypatch: pytest.Monk
     sleeper = f"{shlex.quote(sys.executable)} -c 'import time; time.sleep(60)' {{port}}"
     report: list[str] = []
     started = time.monotonic()
-    assert check([(sleeper, ("ack",))], say=report.append) == 1
+    assert check([(sleeper, ("ack",))], GENERATED, report.append) == 1
     assert time.monotonic() - started < 0.5 + 3.0
     assert report[1] == (
         "FAIL  ack_every_byte_value: the server did not listen within 0.5 s: it printed no "
@@ -3686,15 +3588,15 @@ def test_check_fails_fast_when_the_server_never_listens(monkeypatch: pytest.Monk
         "it printed nothing"
     )
     assert report[2] == "FAIL  ack_half_close: not run: the server did not start"
-    assert report[-1] == f"0 passed, {len(transcripts_with('ack', 'connects')) + 1} failed"
+    assert report[-1] == f"0 passed, {len(transcripts_of(['ack'])) + 1} failed"
 
 
 def test_check_fails_at_once_when_the_server_exits() -> None:
     """A server that exits before it listens (here: our own, given an option it does not
-    know) fails the check at once, with its last line in the report; exit status 1."""
-    result = run_check("--ack", check_command_line() + " --no-such-option")
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert result.stdout.splitlines()[1] == (
+    know) fails the check at once, with its last line in the report."""
+    report: list[str] = []
+    assert check([(check_command_line() + " --no-such-option", ("ack",))], 0, report.append) == 1
+    assert report[1] == (
         "FAIL  ack_every_byte_value: the server exited with status 2 before it listened; "
         "its last line: 'select_server.py: error: unrecognized arguments: --no-such-option'"
     )

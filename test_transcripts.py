@@ -3413,7 +3413,7 @@ def generated_result(
     hypothesis shrinks the session until deadline (at most SHRINK_SECONDS); the
     difference ends with the smallest failing one, as a transcript to save."""
     failures: list[tuple[tuple[int, int], str, TranscriptError]] = []  # (size, text, error)
-    ran = 0
+    ran, start_failure = 0, ""
 
     @settings(
         max_examples=examples,
@@ -3425,7 +3425,7 @@ def generated_result(
     )
     @given(sessions(modes))
     def replay_generated(session: tuple[str, list[Action]]) -> None:
-        nonlocal ran, deadline
+        nonlocal ran, deadline, start_failure
         if time.monotonic() > deadline:
             raise OutOfTime
         ran += 1
@@ -3438,8 +3438,9 @@ def generated_result(
             failures.append((size, text, error))
             deadline = min(deadline, time.monotonic() + SHRINK_SECONDS)
             raise
-        except StartError:
-            raise OutOfTime from None  # not a failure of this session: don't shrink it
+        except StartError as error:  # a failure, but not of this session: don't shrink it
+            start_failure = f"session {ran}: {error}".splitlines()[0]
+            raise OutOfTime from None
 
     found: Exception | None = None
     with contextlib.suppress(OutOfTime):
@@ -3455,6 +3456,8 @@ def generated_result(
         return name, f"{smallest.summary}; the session, shrunk:\n{shrunk}", smallest.notes + flaky
     if found is not None:  # not a difference on the wire: the harness failed
         return name, f"{type(found).__name__}: {found}".splitlines()[0], []
+    if start_failure:
+        return name, start_failure, []
     notes = [] if ran >= examples else [f"only {ran} of {examples} ran in the time"]
     return f"{name}: {ran}, each as the model predicts", None, notes
 

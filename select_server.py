@@ -173,7 +173,7 @@ class Server:
         self.settings = settings
         self.buffer = memoryview(bytearray(RECV_SIZE))  # see read_from()
         self.clients: dict[int, Client] = {}  # by descriptor number
-        self.next_turn = 0  # the descriptor read first next round (rule 3)
+        self.next_turn: int | None = None  # where the last round ran out of room (rule 3)
         # Descriptor numbers, kept up to date as things happen, never rebuilt: a client
         # joins or leaves, starts or stops owing bytes. Only clients that are owed bytes
         # are in outputs, because a healthy socket is always writable and select() would
@@ -267,11 +267,12 @@ class Server:
 
     def read_in_turn(self, readable: list[int], room: int) -> list[tuple[Client, bytes]]:
         """Rule 3: read one chunk from each readable client, until room bytes are read."""
-        # In turn by descriptor, from next_turn on: when the room runs out, the first
-        # client not read goes first next round, so a busy room starves no one.
+        # In turn: when a round runs out of room, the next one begins with the first client
+        # it did not read, and goes on by descriptor, so a busy room starves no one.
         ready = [fd for fd in readable if fd in self.clients]
-        if room < RECV_SIZE * len(ready):  # the room may run out: next_turn and after first
-            ready.sort(key=lambda fd: (fd < self.next_turn, fd))
+        if ready and self.next_turn is not None:  # the last round that read ran out of room
+            first, self.next_turn = self.next_turn, None
+            ready.sort(key=lambda fd: (fd < first, fd))
         chunks = []
         for fd in ready:
             if room <= 0:

@@ -1657,6 +1657,31 @@ def test_a_crowd_that_never_reads_cannot_pin_memory(start_server: StartServer) -
 # ---------------------------------------------------------------- rule 3: the room waits
 
 
+def test_a_round_out_of_room_lets_the_next_begin_where_it_stopped() -> None:
+    """Rule 3's turns, in the loop's own terms: five clients always have more to send than
+    a round has room for (two chunks). Each round begins with the first client the last
+    one did not read, so in three rounds every client is read; reading in the same order
+    every round would read the first two again and again, and starve the rest."""
+    server = Server(select_server.open_listener("127.0.0.1", 0), select_server.Settings("ack"))
+    senders = []
+    for _ in range(5):
+        ours, theirs = socket.socketpair()
+        theirs.setblocking(False)
+        with contextlib.suppress(BlockingIOError):  # as much as its buffers take
+            while True:
+                theirs.send(bytes(65536))
+        server.add_client(ours, f"client {ours.fileno()}")
+        senders.append(theirs)
+    read: set[int] = set()
+    for _ in range(3):
+        chunks = server.read_in_turn(list(server.clients), 2 * select_server.RECV_SIZE)
+        read.update(client.fd for client, _ in chunks)
+    assert read == set(server.clients), f"read {sorted(read)} of {sorted(server.clients)}"
+    server.close()
+    for sock in senders:
+        sock.close()
+
+
 @load
 @linux_only
 def test_ack_client_that_never_reads_its_acks_is_dropped_alone(start_server: StartServer) -> None:

@@ -563,23 +563,15 @@ OPEN_LISTENER = select_server.open_listener
 SETSOCKOPT = socket.socket.setsockopt
 
 
-def without_option(level: int, option: int) -> tuple[object, str, object]:
-    """A replacement of socket.setsockopt that quietly skips one option."""
+def without_option(level: int, option: int, refuse: bool = False) -> tuple[object, str, object]:
+    """A replacement of socket.setsockopt that skips one option: quietly, or (refuse) with
+    the EINVAL that macOS gives."""
 
     def setsockopt(sock: socket.socket, at: int, name: int, value: Any) -> None:
         if (at, name) != (level, option):
             SETSOCKOPT(sock, at, name, value)
-
-    return (socket.socket, "setsockopt", setsockopt)
-
-
-def refusing_option(level: int, option: int) -> tuple[object, str, object]:
-    """A replacement of socket.setsockopt that refuses one option with EINVAL."""
-
-    def setsockopt(sock: socket.socket, at: int, name: int, value: Any) -> None:
-        if (at, name) == (level, option):
+        elif refuse:
             raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-        SETSOCKOPT(sock, at, name, value)
 
     return (socket.socket, "setsockopt", setsockopt)
 
@@ -715,7 +707,7 @@ CHANGES = {  # the machine around the server
     ),
     "nodelay-refused": Change(
         "refused TCP_NODELAY, as macOS refuses it for a client that reset before accept()",
-        [refusing_option(socket.IPPROTO_TCP, socket.TCP_NODELAY)],
+        [without_option(socket.IPPROTO_TCP, socket.TCP_NODELAY, refuse=True)],
     ),
     "sigint-on-announce": Change("SIGINT at once", [signal_on_announce(signal.SIGINT)]),
     "sigterm-on-announce": Change("SIGTERM at once", [signal_on_announce(signal.SIGTERM)]),

@@ -1128,37 +1128,23 @@ def test_transcript(path: Path) -> None:
         pytest.fail(str(error), pytrace=False)
 
 
-# The server promises CPython 3.8 and newer: each transcript runs on every such version the
-# machine has, pyenv's or python3.X on PATH. A version's transcripts run side by side (each
-# has a server of its own, and waits only on bytes), so that six versions take seconds.
-PYTHON_VERSIONS = sorted(
-    {f"3.{minor}" for minor in range(8, 14)}
-    | {p.name.rsplit(".", 1)[0] for p in Path.home().glob(".pyenv/versions/3.*.*")}
-    - {f"3.{minor}" for minor in range(8)},
-    key=lambda version: int(version.split(".")[1]),
-)
+# The server promises CPython 3.8 and newer: the transcripts run on each such version found
+# (pyenv's, or python3.X on PATH), side by side, since each has a server of its own.
+PYENV = Path.home() / ".pyenv" / "versions"
+MINORS = set(range(8, 14)) | {int(path.name.split(".")[1]) for path in PYENV.glob("3.*.*")}
+PYTHON_VERSIONS = [f"3.{minor}" for minor in sorted(MINORS) if minor >= 8]
 
 
-@functools.lru_cache(maxsize=None)
 def find_python(version: str) -> str | None:
     """A CPython of this version ("3.8") that really runs (a pyenv shim may not), or None."""
-    found = Path.home().glob(f".pyenv/versions/{version}.*/bin/python{version}")
-    for candidate in [*map(str, sorted(found)), *filter(None, [shutil.which(f"python{version}")])]:
-        says = "import sys; print('%d.%d' % sys.version_info[:2])"
+    pyenv = sorted(map(str, PYENV.glob(f"{version}.*/bin/python{version}")))
+    says = "import sys; print('%d.%d' % sys.version_info[:2])"
+    for candidate in [*pyenv, *filter(None, [shutil.which(f"python{version}")])]:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             result = subprocess.run([candidate, "-c", says], capture_output=True, timeout=WAIT)
             if result.stdout.decode().strip() == version:
                 return candidate
     return None
-
-
-def failure_of(path: Path, interpreter: list[str]) -> str:
-    """Replay one transcript with interpreter; return how it failed, or ""."""
-    try:
-        replay(read_transcript(path), interpreter=interpreter)
-    except (AssertionError, OSError) as error:
-        return f"{path.stem}: {error}"
-    return ""
 
 
 @pytest.mark.parametrize("version", PYTHON_VERSIONS)
@@ -1168,30 +1154,29 @@ def test_every_transcript_on_cpython(version: str) -> None:
     if python is None:
         pytest.skip(f"no CPython {version} on this machine")
     paths = transcript_files()
-    with ThreadPoolExecutor(6) as pool:
-        failed = [f for f in pool.map(failure_of, paths, [[python]] * len(paths)) if f]
+    with ThreadPoolExecutor(6) as pool:  # a replay that raises has failed
+        runs = [pool.submit(replay, read_transcript(path), interpreter=[python]) for path in paths]
+    errors = [(path.stem, run.exception()) for path, run in zip(paths, runs)]
+    failed = [f"{name}: {error}" for name, error in errors if error is not None]
     assert not failed, f"on {python}:\n" + "\n\n".join(failed)
 
 
 def pythons_main() -> int:
     """`python test_transcripts.py pythons`: say which CPythons the transcripts run on."""
     found = {version: find_python(version) for version in PYTHON_VERSIONS}
-    ran = [f"{version} ({path})" for version, path in found.items() if path]
-    missing = [version for version, path in found.items() if not path] or ["none"]
-    print(f"transcripts run on CPython {', '.join(ran)}; not on this machine: {', '.join(missing)}")
+    ran = ", ".join(f"{version} ({path})" for version, path in found.items() if path)
+    missing = ", ".join(version for version, path in found.items() if not path)
+    print(f"transcripts run on CPython {ran}; not on this machine: {missing or 'none'}")
     return 0
 
 
-# The protocol as a model, and sessions generated from it (README: "Generated sessions").
-
-NAMES = ["alice", "bob", "carol", "dave", "erin"]
-RESET = "connection reset"  # the same words on every OS
+# ---------------------------------------------------------------- the model, and generated sessions
 
 
 @dataclass(frozen=True)
 class Action:
-    """One thing a client does. at_once: right after its previous action (a send),
-    without waiting for what that one caused."""
+    """One thing a client does; at_once: right after its previous action (a send), without
+    waiting for what that one caused."""
 
     actor: str
     verb: str  # "connects", "sends", "half-closes", "closes" or "resets"
@@ -1200,39 +1185,34 @@ class Action:
 
 
 def model(mode: str, actions: list[Action]) -> list[str]:
-    """The protocol, as a pure function: the transcript lines of these actions, each
-    followed by exactly what it makes each client receive and the server print.
-
-    ack: every chunk earns its sender b'ACK'. broadcast: every chunk reaches every other
-    connected client, and never its sender. A client that half-closes gets what it is
-    owed, then the server closes it. Every leaving client is logged once, with why.
-    """
+    """The protocol as a pure function: the transcript lines of these actions, each followed
+    by what it makes clients receive and the server print. ack: each chunk earns its sender
+    b'ACK'; broadcast: it reaches every other client online. A client that half-closes gets
+    what it is owed, then EOF; each leaving client is logged once, with why."""
     online: list[str] = []
     lines: list[str] = []
-    waiting: list[str] = []  # observations of actions that happened at once
+    caused: list[str] = []  # what the current run of at-once actions causes, not yet written
     for action in actions:
         if not action.at_once:
-            lines += waiting
-            waiting = []
+            lines += caused
+            caused = []
         who = action.actor
-        lines.append(
-            f"{who} {action.verb} {action.data!r}" if action.data else f"{who} {action.verb}"
-        )
+        lines.append(f"{who} {action.verb}" + (f" {action.data!r}" if action.data else ""))
         if action.verb == "connects":
             online.append(who)
-            waiting.append(f"server: {{{who}}} connected ({len(online)} online)")
+            caused.append(f"server: {{{who}}} connected ({len(online)} online)")
         elif action.verb == "sends":
             receivers = [who] if mode == "ack" else [other for other in online if other != who]
             reply = b"ACK" if mode == "ack" else action.data
-            waiting += [f"{receiver} receives {reply!r}" for receiver in receivers]
-            waiting.append(f"server: {{{who}}} sent {describe(action.data)}")
+            caused += [f"{receiver} receives {reply!r}" for receiver in receivers]
+            caused.append(f"server: {{{who}}} sent {describe(action.data)}")
         else:  # it leaves
             online.remove(who)
             if action.verb == "half-closes":
-                waiting.append(f"{who} receives EOF")
-            reason = RESET if action.verb == "resets" else "closed by client"
-            waiting.append(f"server: {{{who}}} disconnected: {reason}")
-    return lines + waiting
+                caused.append(f"{who} receives EOF")
+            reason = "connection reset" if action.verb == "resets" else "closed by client"
+            caused.append(f"server: {{{who}}} disconnected: {reason}")
+    return lines + caused
 
 
 @st.composite
@@ -1241,7 +1221,7 @@ def sessions(
 ) -> tuple[str, list[Action]]:
     """A mode and up to 16 actions of up to five clients, each valid where it stands."""
     mode = draw(st.sampled_from(modes))
-    newcomers = list(NAMES)  # names that have not connected yet, in order
+    newcomers = ["alice", "bob", "carol", "dave", "erin"]  # in the order they connect
     online: list[str] = []
     actions: list[Action] = []
     for _ in range(draw(st.integers(1, 16))):
@@ -1277,9 +1257,20 @@ def generated_transcript(
     return "\n".join(header + model(mode, actions)) + "\n"
 
 
+def canonical(steps: list[Step]) -> list[str]:
+    """The step lines, what follows each action sorted by channel (clients, then the server):
+    channels may interleave in any order, but within one the order is kept (a stable sort)."""
+    keyed = []
+    actions_so_far = 0
+    for step in steps:
+        actions_so_far += step.is_action
+        channel = (not step.is_action, step.actor == "server", step.actor)
+        keyed.append(((actions_so_far, *channel), step.text))
+    return [text for _, text in sorted(keyed, key=lambda pair: pair[0])]
+
+
 def test_model_predicts_a_hand_written_transcript() -> None:
-    """The model and a hand-written golden transcript agree, line for line: the model
-    says what the README says."""
+    """The model says what the README says: it predicts a hand-written transcript's lines."""
     actions = [
         Action("alice", "connects"),
         Action("bob", "connects"),
@@ -1295,27 +1286,9 @@ def test_model_predicts_a_hand_written_transcript() -> None:
     assert canonical(predicted) == canonical(written)
 
 
-def canonical(steps: list[Step]) -> list[str]:
-    """Step lines with each run of observations in one order: client by client, then the
-    server's lines. Different channels may be listed in any order without changing a
-    transcript's meaning; the order within one channel is kept."""
-    out: list[str] = []
-    run: list[Step] = []
-    for step in [*steps, None]:
-        if step is not None and not step.is_action:
-            run.append(step)
-            continue
-        out += [o.text for o in sorted(run, key=lambda o: (o.actor == "server", o.actor))]
-        run = []
-        if step is not None:
-            out.append(step.text)
-    return out
-
-
+FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))  # per round of `make fuzz`
 settings.register_profile("test", max_examples=20, derandomize=True, deadline=None)
-settings.register_profile(
-    "fuzz", max_examples=int(os.environ.get("FUZZ_EXAMPLES", "200")), deadline=None
-)
+settings.register_profile("fuzz", max_examples=FUZZ_EXAMPLES, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "test"))
 
 
@@ -1332,7 +1305,7 @@ def test_generated_sessions_match_the_model(session: tuple[str, list[Action]]) -
         ) from None
 
 
-# The harness itself: it can fail, and says where.
+# ---------------------------------------------------------------- the harness fails, and says where
 
 WRONG = {  # the last line of a transcript, where it fails, and the start of the complaint
     "a wrong expectation": ("alice receives b'ACK!'", "5: alice receives b'ACK!'", "b'ACK!'"),
@@ -1343,8 +1316,7 @@ WRONG = {  # the last line of a transcript, where it fails, and the start of the
 
 @pytest.mark.parametrize("wrong", WRONG, ids=list(WRONG))
 def test_harness_fails_and_shows_the_line(wrong: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The harness can fail: a transcript that is wrong fails where it is wrong, saying
-    what it expected and what arrived."""
+    """A wrong transcript fails where it is wrong, saying what it expected and what arrived."""
     monkeypatch.setattr(sys.modules[__name__], "WAIT", 0.3)  # a wrong wait runs out sooner
     last_line, where, expected = WRONG[wrong]
     start = "mode ack\nalice connects\nserver: {alice} connected (1 online)\nalice sends b'hi'\n"
@@ -1356,16 +1328,15 @@ def test_harness_fails_and_shows_the_line(wrong: str, monkeypatch: pytest.Monkey
     assert lines[2].startswith("  arrived:  ")
 
 
-@pytest.mark.parametrize(
-    "text",
-    [
-        "alice connects\n",
-        "mode echo\n",
-        "mode ack\nalice shouts b'hi'\n",
-        "mode ack\nalice sends 'hi'\n",
-    ],
-    ids=["no-mode", "unknown-mode", "unknown-verb", "not-bytes"],
-)
+MALFORMED = {
+    "no-mode": "alice connects\n",
+    "unknown-mode": "mode echo\n",
+    "unknown-verb": "mode ack\nalice shouts b'hi'\n",
+    "not-bytes": "mode ack\nalice sends 'hi'\n",
+}
+
+
+@pytest.mark.parametrize("text", MALFORMED.values(), ids=MALFORMED)
 def test_malformed_transcript_names_its_line(text: str) -> None:
     """A line the harness cannot read is an error naming that line, not a skipped step."""
     with pytest.raises(TranscriptError, match=r"^bad\.txt:\d"):
@@ -3114,36 +3085,34 @@ def test_readme_checks_fail_on_a_stale_readme() -> None:
 # ================================================================ 9. the benchmark's smoke run
 
 
-def run_bench(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run `bench.py --smoke`; if it overruns, stop it with SIGTERM, so that it stops its
-    server and workers too (a SIGKILL would leave them behind)."""
+def run_bench(*args: str, status: int = 0) -> str:
+    """What `bench.py --smoke` printed, its exit status checked. If it overruns, SIGTERM stops
+    it and so its server and workers (a SIGKILL would leave them behind)."""
     command = [sys.executable, str(HERE / "bench.py"), "--smoke", *args]
-    with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    ) as bench:
+    with popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as bench:
         try:
             out, err = bench.communicate(timeout=12 * WAIT)
         except subprocess.TimeoutExpired:
             bench.terminate()
             bench.communicate(timeout=WAIT)
             raise
-    return subprocess.CompletedProcess(command, bench.returncode, out, err)
+    assert bench.returncode == status, out + err
+    return out
 
 
 @linux_only
 def test_bench_smoke_run_checks_every_byte_and_compares_with_its_own_asyncio_peer() -> None:
-    """`bench.py --smoke --against asyncio` measures a tiny broadcast, ack and chat row
-    against the real server, and needs nothing outside this repository for its peer: every
-    relayed byte checked, chat messages timed, the peer's rows and a ratio line printed."""
+    """`bench.py --smoke --against asyncio` measures tiny broadcast, ack and chat rows of the
+    real server and of the asyncio peer in bench.py (nothing from outside this repository):
+    every relayed byte checked, chat messages timed, the peer's rows and a ratio printed."""
     out = run_bench("--against", "asyncio")
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert re.search(r"^broadcast 3x1 +ours .* all [\d,]+ MB checked", out.stdout, re.M)
-    assert re.search(r"^ack 2 clients +ours +[\d,]+ ", out.stdout, re.M)
+    assert re.search(r"^broadcast 3x1 +ours .* all [\d,]+ MB checked", out, re.M), out
+    assert re.search(r"^ack 2 clients +ours +[\d,]+ ", out, re.M), out
     chat = r"^chat 4 clients +ours +[\d,]+ .* all [\d.,]+ [kM]B checked, [1-9]\d* messages timed"
-    assert re.search(chat, out.stdout, re.M), out.stdout
-    assert re.search(r"^asyncio: .* bench\.py --serve-asyncio \{mode\} ", out.stdout, re.M)
-    assert re.search(r"^chat 4 clients +asyncio +[\d,]+ .* messages timed", out.stdout, re.M)
-    assert re.search(r"^ +vs asyncio +x\d", out.stdout, re.M), out.stdout
+    assert re.search(chat, out, re.M), out
+    assert re.search(r"^asyncio: .* bench\.py --serve-asyncio \{mode\} ", out, re.M), out
+    assert re.search(r"^chat 4 clients +asyncio +[\d,]+ .* messages timed", out, re.M), out
+    assert re.search(r"^ +vs asyncio +x\d", out, re.M), out
 
 
 @linux_only
@@ -3151,10 +3120,9 @@ def test_bench_smoke_run_fails_when_relayed_bytes_are_wrong() -> None:
     """The benchmark's byte check can fail: against a relay that reverses every chunk,
     the broadcast row says FAILED and the exit status is 1."""
     reversing = shlex.join(server_command(changes=["reversing-relay"]))
-    result = run_bench("--rows", "broadcast", "--server", reversing + " {mode} --quiet")
-    assert result.returncode == 1, result.stdout + result.stderr
+    out = run_bench("--rows", "broadcast", "--server", reversing + " {mode} --quiet", status=1)
     failed = r"^broadcast 3x1 +ours +FAILED: .* is not what it sent"  # not: did not start
-    assert re.search(failed, result.stdout, re.M), result.stdout
+    assert re.search(failed, out, re.M), out
 
 
 # ================================================================ 10. make check: any server,

@@ -2320,7 +2320,8 @@ def test_more_clients_than_select_can_watch_wait_their_turn(start_server: StartS
 
 
 def assert_accepts_again_when_one_leaves(server: ServerProcess, clients: list[Client]) -> None:
-    """The server, not accepting, still serves; when a client leaves it accepts one waiting."""
+    """The server, not accepting, still serves; when a client leaves it accepts one that
+    waits; then a clean stop."""
     assert_acked(clients[0], b"still serving")
     clients[0].close()
     server.expect_line("accepting new clients again")

@@ -2174,10 +2174,23 @@ def test_flood_drops_the_non_reader_and_keeps_the_slow_reader(start_server: Star
 # ================================================================ 7. case by case
 
 
+def connect(server: ServerProcess, count: int) -> list[Client]:
+    """count clients, each connected and logged as connected."""
+    clients = [Client(server) for _ in range(count)]
+    server.expect_lines("connected", count)
+    return clients
+
+
+def assert_acked(client: Client, data: bytes) -> None:
+    """The client sends data and is answered with one ACK."""
+    client.send(data)
+    assert client.receive(3) == b"ACK"
+
+
 @load
 def test_one_mebibyte_in_ack_mode_earns_only_whole_acks(start_server: StartServer) -> None:
-    """1 MiB sent at once is read in several chunks: one whole ACK per recv(), as many
-    as the server logged chunks, and the chunks add up to the 1 MiB."""
+    """1 MiB sent at once is read in several chunks: one whole ACK per chunk the server
+    logged, and the chunks add up to the 1 MiB."""
     server = start_server("ack")
     client = Client(server)
     client.send(bytes(1 << 20))
@@ -2199,8 +2212,7 @@ def test_one_mebibyte_in_broadcast_mode_reaches_every_other_client_whole(
     """1 MiB sent at once reaches each other client exactly, in order, and not the sender."""
     server = start_server("broadcast", "--quiet")
     payload = random.Random(1).randbytes(1 << 20)
-    sender, *receivers = [Client(server) for _ in range(3)]
-    server.expect_lines("connected", 3)
+    sender, *receivers = connect(server, 3)
     sender.send(payload)
     for receiver in receivers:
         assert receiver.receive(len(payload)) == payload
@@ -2211,15 +2223,14 @@ def test_one_mebibyte_in_broadcast_mode_reaches_every_other_client_whole(
 @load
 @linux_only
 def test_urgent_data_is_read_inline_without_spinning(start_server: StartServer) -> None:
-    """Urgent (MSG_OOB) bytes are ordinary data: each earns an ACK, other clients are
-    served, and afterwards the idle server uses next to no CPU (no busy loop)."""
+    """Each urgent (MSG_OOB) byte earns an ACK, others are served, and the idle server then
+    uses next to no CPU (no busy loop)."""
     server = start_server("ack", "--quiet")
     urgent, other = Client(server), Client(server)
     for _ in range(3):
         urgent.sock.send(b"!", socket.MSG_OOB)
         assert urgent.receive(3, timeout=1) == b"ACK"  # a lost urgent byte earns nothing
-    other.send(b"me too")
-    assert other.receive(3) == b"ACK"
+    assert_acked(other, b"me too")
     assert idle_cpu_seconds(server) < 0.05
     assert_quiet(urgent, other)
     server.stop()
@@ -2228,8 +2239,8 @@ def test_urgent_data_is_read_inline_without_spinning(start_server: StartServer) 
 @load
 @linux_only
 def test_urgent_data_sent_before_accept_is_kept(start_server: StartServer) -> None:
-    """Broadcast: urgent bytes that arrive while a client waits to be accepted are read
-    inline too (the listening socket's SO_OOBINLINE is inherited), none lost."""
+    """Urgent bytes that arrive while a client waits to be accepted are read inline too
+    (the listening socket's SO_OOBINLINE is inherited), and relayed."""
     server = start_server("broadcast", "--quiet", "--max-clients", "2")
     receiver, other = Client(server), Client(server)
     server.expect_line("not accepting new clients")
@@ -2243,40 +2254,38 @@ def test_urgent_data_sent_before_accept_is_kept(start_server: StartServer) -> No
     server.stop()
 
 
-@load
-@linux_only
-def test_more_clients_than_select_can_watch_wait_their_turn(start_server: StartServer) -> None:
-    """With 4096 file descriptors allowed, 1,100 clients connect: the server serves
-    1,000 (--max-clients, under select()'s FD_SETSIZE of 1024), leaves the rest in the
-    kernel's queue without crashing, and serves them once others leave."""
-    raise_own_nofile_limit(1200)
-    server = start_server("ack", "--quiet", preexec_fn=nofile_limit(4096))
-    clients = [Client(server) for _ in range(1100)]
-    server.expect_lines("connected", 1000, timeout=3 * WAIT)
-    server.expect_line(r"not accepting new clients until one leaves: 1000 clients")
-    first, last = clients[0], clients[-1]
-    first.send(b"served")
-    assert first.receive(3) == b"ACK"
+def assert_served_up_to(server: ServerProcess, limit: int, waiting: int, wait: float) -> None:
+    """limit + waiting clients connect: limit are served, the rest wait in the kernel's queue
+    (not refused or reset) and are served as the first leave; then a clean stop."""
+    clients = [Client(server) for _ in range(limit + waiting)]
+    server.expect_line(rf"connected \({limit} online\)", timeout=wait)
+    server.expect_line(rf"not accepting new clients until one leaves: {limit} clients")
+    assert_acked(clients[0], b"served")
+    last = clients[-1]
     last.send(b"waiting")  # sits in the kernel until the server accepts it
     assert_quiet(last)
-    for client in clients[:100]:
+    for client in clients[:waiting]:
         client.close()
     assert last.receive(3) == b"ACK"
+    for client in clients[waiting:-1]:
+        assert_acked(client, b"all served?")
     server.stop()
 
 
 @load
 @linux_only
-def test_client_past_fd_setsize_is_turned_away_not_a_crash(start_server: StartServer) -> None:
-    """A client whose socket would be numbered FD_SETSIZE (1024) or more, which select()
-    cannot watch, is closed and the server stops accepting, instead of crashing with
-    'filedescriptor out of range in select()'; when a client leaves, it accepts again."""
-    changes = ["1010-descriptors-taken"]
-    server = start_server("ack", "--quiet", changes=changes, preexec_fn=nofile_limit(2048))
-    clients = [Client(server) for _ in range(12)]
-    server.expect_line(r"not accepting new clients until one leaves: descriptor 1024 is")
-    clients[0].send(b"still serving")
-    assert clients[0].receive(3) == b"ACK"
+def test_more_clients_than_select_can_watch_wait_their_turn(start_server: StartServer) -> None:
+    """4096 file descriptors allowed, 1,100 clients: 1,000 (--max-clients, under select()'s
+    FD_SETSIZE of 1024) are served, the rest wait their turn, no crash."""
+    raise_own_nofile_limit(1200)
+    server = start_server("ack", "--quiet", preexec_fn=nofile_limit(4096))
+    assert_served_up_to(server, 1000, 100, 3 * WAIT)
+
+
+def assert_accepts_again_when_one_leaves(server: ServerProcess, clients: list[Client]) -> None:
+    """The server, not accepting, still serves; when a client leaves it accepts one that
+    waits; then a clean stop."""
+    assert_acked(clients[0], b"still serving")
     clients[0].close()
     server.expect_line("accepting new clients again")
     server.expect_line("connected")  # a waiting client took the freed place
@@ -2285,29 +2294,34 @@ def test_client_past_fd_setsize_is_turned_away_not_a_crash(start_server: StartSe
 
 @load
 @linux_only
+def test_client_past_fd_setsize_is_turned_away_not_a_crash(start_server: StartServer) -> None:
+    """A client whose socket is numbered FD_SETSIZE (1024) or more is closed and the server
+    stops accepting, instead of crashing with 'filedescriptor out of range in select()'."""
+    changes = ["1010-descriptors-taken"]
+    server = start_server("ack", "--quiet", changes=changes, preexec_fn=nofile_limit(2048))
+    clients = [Client(server) for _ in range(12)]
+    server.expect_line(r"not accepting new clients until one leaves: descriptor 1024 is")
+    assert_accepts_again_when_one_leaves(server, clients)
+
+
+@load
+@linux_only
 def test_out_of_file_descriptors_waits_without_spinning(start_server: StartServer) -> None:
-    """With only 64 file descriptors, 100 clients connect: accept() fails with EMFILE,
-    the server says so once, uses next to no CPU while saturated, and accepts again
-    when a client leaves."""
+    """64 file descriptors, 100 clients: accept() fails with EMFILE, and the server says so
+    once and uses next to no CPU until a client leaves."""
     server = start_server("ack", "--quiet", preexec_fn=nofile_limit(64))
     clients = [Client(server) for _ in range(100)]
     server.expect_line(r"not accepting new clients until one leaves: .*Too many open files")
     assert idle_cpu_seconds(server) < 0.05
     assert not [line for line in server.new_lines() if "not accepting" in line]  # said once
-    clients[0].send(b"served")
-    assert clients[0].receive(3) == b"ACK"
-    clients[0].close()
-    server.expect_line("accepting new clients again")
-    server.expect_line("connected")
-    server.stop()
+    assert_accepts_again_when_one_leaves(server, clients)
 
 
 @load
 @linux_only
 def test_accept_is_retried_when_no_client_can_leave(start_server: StartServer) -> None:
-    """Out of file descriptors with no client connected, no departure can make room:
-    the server tries accept() again every second (without spinning), and serves the
-    waiting client once descriptors are to be had."""
+    """Out of file descriptors with no client to leave, the server tries accept() again
+    every second, without spinning, and serves the client once it can."""
     server = start_server("ack", "--quiet", preexec_fn=nofile_limit(6))
     client = Client(server)
     server.expect_line(r"not accepting new clients for 1.0 s: .*Too many open files")
@@ -2315,18 +2329,16 @@ def test_accept_is_retried_when_no_client_can_leave(start_server: StartServer) -
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (64, hard))  # room again
     server.expect_line("connected")
-    client.send(b"at last")
-    assert client.receive(3) == b"ACK"
+    assert_acked(client, b"at last")
     server.stop()
 
 
 @load
 def test_fifty_broadcasters_each_get_all_the_others_in_order(start_server: StartServer) -> None:
-    """Broadcast: 50 clients each send 100 numbered messages at once. Each receives
-    exactly the other 49 x 100 messages, each sender's in order, and none of its own."""
+    """50 clients each send 100 numbered messages at once: each receives the other 49 x 100,
+    each sender's in order, and none of its own."""
     server = start_server("broadcast", "--quiet")
-    socks = [Client(server).sock for _ in range(50)]
-    server.expect_lines("connected", len(socks))
+    socks = [client.sock for client in connect(server, 50)]
     outgoing = {sock: [b"c%02dm%03d;" % (i, m) for m in range(100)] for i, sock in enumerate(socks)}
     incoming = {sock: bytearray() for sock in socks}
     deadline = time.monotonic() + 3 * WAIT
@@ -2353,12 +2365,10 @@ def test_fifty_broadcasters_each_get_all_the_others_in_order(start_server: Start
 def test_two_hundred_clients_in_lock_step_get_one_ack_per_message(
     start_server: StartServer,
 ) -> None:
-    """Ack: 200 clients each send, wait for their ACK, and send again, 20 times: every
-    one receives exactly one ACK per message, and nothing more."""
+    """200 clients each send and wait for their ACK, 20 times: one ACK per message, no more."""
     raise_own_nofile_limit(400)
     server = start_server("ack", "--quiet")
-    clients = [Client(server) for _ in range(200)]
-    server.expect_lines("connected", len(clients))
+    clients = connect(server, 200)
     for _ in range(20):
         for client in clients:
             client.send(b"ping")
@@ -2373,35 +2383,31 @@ def test_two_hundred_clients_in_lock_step_get_one_ack_per_message(
 def test_idle_server_with_a_hundred_silent_clients_uses_no_cpu(start_server: StartServer) -> None:
     """An idle server sleeps in select(): 100 connected, silent clients cost next to no CPU."""
     server = start_server("broadcast", "--quiet")
-    for _ in range(100):
-        Client(server)
-    server.expect_lines("connected", 100)
+    connect(server, 100)
     assert idle_cpu_seconds(server) < 0.05
     server.stop()
 
 
 @load
 def test_clients_that_leave_at_once_are_dropped_alone(start_server: StartServer) -> None:
-    """Clients that connect and close, or reset, or send and close at once are each
-    dropped with a log line saying why; a client connected all along is unaffected."""
+    """Clients that connect and close, reset, or send and close at once are each dropped
+    with a log line saying why; a client connected all along is unaffected."""
     server = start_server("ack")
-    steady = Client(server)
-    server.expect_line("connected")
+    [steady] = connect(server, 1)
     for how in ["close", "reset", "send-and-close"] * 5:
         leaving = Client(server)
         if how == "send-and-close":
             leaving.send(b"bye")
         leaving.close(reset=how == "reset")
         server.expect_line(r"disconnected: |a client could not be accepted: connection reset")
-    steady.send(b"still here")
-    assert steady.receive(3) == b"ACK"
+    assert_acked(steady, b"still here")
     server.stop()
 
 
 @load
 def test_half_closed_client_gets_its_whole_backlog_first(start_server: StartServer) -> None:
-    """A client that is owed a backlog when it half-closes still receives every byte of
-    it, in order, and nothing sent after it hung up, before the server closes it."""
+    """A client owed a backlog when it half-closes still receives all of it, in order, and
+    nothing sent after it hung up, before the server closes it."""
     # 8 MiB: the kernel holds about 4 MiB of it, and --max-buffer lets the rest wait in the
     # server instead of pausing the sender (that is test_flood_...'s business). All it is
     # owed is under B/2, so rule 4 wants all of it taken within the grace: --grace 10
@@ -2424,12 +2430,10 @@ def test_half_closed_client_gets_its_whole_backlog_first(start_server: StartServ
 @load
 @linux_only
 def test_receiver_reset_while_a_relay_is_sent_is_dropped_alone(start_server: StartServer) -> None:
-    """Broadcast: a receiver resets just as another client sends. The server finds out
-    when send() to it fails in the middle of relaying; it drops that receiver alone,
-    and the rest of the relay, and everything after it, still arrives."""
+    """A receiver resets as another client sends: send() to it fails mid-relay, it alone is
+    dropped, and the rest of the relay, and all after it, still arrives."""
     server = start_server("broadcast", "--quiet")
-    sender, gone, stays = Client(server), Client(server), Client(server)
-    server.expect_lines("connected", 3)
+    sender, gone, stays = connect(server, 3)
     # Freeze the server so that one select() sees both the reset and the chunk; the
     # sender connected first, so its chunk is read (and relayed) first.
     freeze(server.pid)
@@ -2447,8 +2451,7 @@ def test_receiver_reset_while_a_relay_is_sent_is_dropped_alone(start_server: Sta
 
 
 def serve_and_exit_cleanly(server: subprocess.Popen[str], port: int) -> None:
-    """An ack round trip on port (logging it fails on the server's side), then SIGINT:
-    exit status 0, and nothing on stderr."""
+    """An ack round trip on port (logging it fails), then SIGINT: status 0, no stderr."""
     deadline = time.monotonic() + WAIT
     while True:  # nothing may tell us it listens: try until it does
         try:
@@ -2467,8 +2470,8 @@ def serve_and_exit_cleanly(server: subprocess.Popen[str], port: int) -> None:
 
 @load
 def test_server_outlives_the_reader_of_its_log() -> None:
-    """When the pipe that reads the log closes (`| head`, or Ctrl-C in a pipeline), the
-    server goes on serving, and still exits cleanly on a signal."""
+    """When the pipe that reads the log closes (`| head`), the server serves on, and still
+    exits cleanly on a signal."""
     command = [*server_command(), "ack", "--port", "0"]
     with popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as server:
         assert server.stdout is not None
@@ -2481,8 +2484,8 @@ def test_server_outlives_the_reader_of_its_log() -> None:
 @load
 @linux_only
 def test_server_outlives_a_full_disk_for_its_log() -> None:
-    """When writing the log fails otherwise (here ENOSPC: /dev/full is a disk that is
-    always full), the server serves on too, and exits cleanly on a signal."""
+    """When writing the log fails otherwise (ENOSPC: /dev/full is a disk that is always
+    full), the server serves on too, and exits cleanly on a signal."""
     port = free_port()  # the log that would say which port is lost
     command = [*server_command(), "ack", "--port", str(port)]
     errors = subprocess.PIPE
@@ -2494,10 +2497,23 @@ def test_server_outlives_a_full_disk_for_its_log() -> None:
 # ================================================================    and platforms
 
 
-def run_server(*args: str, changes: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+def run_server(
+    *args: str, changes: Sequence[str] = (), interpreter: list[str] | None = None, **options: Any
+) -> subprocess.CompletedProcess[str]:
     """Run the server to completion (it should exit at once) and capture its output."""
-    command = [*server_command(changes=changes), *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=WAIT)
+    command = [*server_command(interpreter, changes), *args]
+    wait = WAIT if interpreter is None else WINE_WAIT
+    return subprocess.run(command, capture_output=True, text=True, timeout=wait, **options)
+
+
+def assert_usage_error(result: subprocess.CompletedProcess[str], message: str = "") -> None:
+    """Exit status 2 and a usage message, with message in it, on stderr (which Wine's wrapper
+    joins to stdout); no traceback."""
+    output = result.stderr or result.stdout
+    assert result.returncode == 2, output
+    assert output.startswith("usage: "), output
+    assert message in output, output
+    assert "Traceback" not in output, output
 
 
 @pytest.mark.parametrize(
@@ -2507,30 +2523,28 @@ def run_server(*args: str, changes: Sequence[str] = ()) -> subprocess.CompletedP
 )
 def test_bad_arguments_give_usage_and_status_2(args: list[str]) -> None:
     """argparse answers a bad command line with a usage message and exit status 2."""
-    result = run_server(*args)
-    assert result.returncode == 2
-    assert result.stderr.startswith("usage: ")
-    assert "Traceback" not in result.stderr
+    assert_usage_error(run_server(*args))
 
 
-def test_port_in_use_gives_one_line_and_status_1() -> None:
-    """A port that cannot be bound gives one line on stderr and exit status 1."""
+@pytest.mark.parametrize(
+    ("host", "ending"),
+    [
+        ("127.0.0.1", "[Errno 98] Address already in use"),
+        ("no-such-host.invalid", ""),
+        ("a..b", ""),
+    ],
+    ids=["port-in-use", "unknown-host", "not-a-host"],
+)
+def test_cannot_listen_gives_one_line_and_status_1(host: str, ending: str) -> None:
+    """A port in use, or a host name that does not resolve (or is no name at all), gives
+    one line on stderr, not a traceback, and exit status 1."""
     with socket.create_server(("127.0.0.1", 0)) as taken:
-        port = str(taken.getsockname()[1])
-        result = run_server("ack", "--host", "127.0.0.1", "--port", port)
-    assert (result.returncode, result.stdout) == (1, "")
-    assert result.stderr.splitlines() == [
-        f"cannot listen on 127.0.0.1:{port}: [Errno 98] Address already in use"
-    ]
-
-
-@pytest.mark.parametrize("host", ["no-such-host.invalid", "a..b"])
-def test_unknown_host_gives_one_line_and_status_1(host: str) -> None:
-    """A host name that does not resolve (or is not a name at all) is not a traceback."""
-    result = run_server("ack", "--host", host, "--port", "0")
-    assert result.returncode == 1
-    assert len(result.stderr.splitlines()) == 1
-    assert result.stderr.startswith(f"cannot listen on {host}:0: ")
+        port = taken.getsockname()[1]
+        result = run_server("ack", "--host", host, "--port", str(port))
+    assert (result.returncode, result.stdout) == (1, ""), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr  # one line, not a traceback
+    assert result.stderr.startswith(f"cannot listen on {host}:{port}: "), result.stderr
+    assert result.stderr.endswith(f"{ending}\n"), result.stderr
 
 
 @pytest.mark.parametrize(
@@ -2552,9 +2566,7 @@ def test_host_is_the_same_everywhere_and_takes_what_the_server_prints(
     server = start_server("ack", host=host)
     assert server.announcement == f"listening on {announced}:{server.port} (ack mode)"
     server.host = reachable(server.host)
-    client = Client(server)
-    client.send(b"here?")
-    assert client.receive(3) == b"ACK"
+    assert_acked(Client(server), b"here?")
     server.stop()
 
 
@@ -2566,16 +2578,14 @@ def test_a_transcript_holds_over_ipv6() -> None:
 
 @linux_only
 def test_started_with_every_low_descriptor_taken_it_refuses_in_one_line() -> None:
-    """Started with descriptors 3 to 1023 already open, the server cannot watch its own
-    sockets: it says so in one line and exits 1, before announcing anything."""
-    command = [*server_command(changes=["every-low-descriptor-taken"]), "ack", "--port", "0"]
-    result = subprocess.run(
-        command, capture_output=True, text=True, timeout=WAIT, preexec_fn=nofile_limit(2048)
-    )
+    """With descriptors 3 to 1023 taken, select() could not watch the server's sockets: it
+    says so in one line and exits 1, before announcing anything."""
+    changes = ["every-low-descriptor-taken"]
+    result = run_server("ack", "--port", "0", changes=changes, preexec_fn=nofile_limit(2048))
     assert (result.returncode, result.stdout) == (1, ""), result.stderr
     assert result.stderr == (
         "cannot serve: select() needs descriptors below 1024; files left open for us took them\n"
-    ), result.stderr
+    )
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -2585,16 +2595,6 @@ def test_signal_right_after_listening_exits_cleanly(sig: signal.Signals) -> None
     result = run_server("broadcast", "--port", "0", changes=[f"{sig.name.lower()}-on-announce"])
     assert (result.returncode, result.stderr) == (0, ""), result.stderr
     assert result.stdout.splitlines()[1:] == [f"{sig.name}: closing 0 clients and exiting"]
-
-
-def test_signal_closes_connected_clients(start_server: StartServer) -> None:
-    """On SIGTERM every client sees its connection closed, and the exit is clean."""
-    server = start_server("ack")
-    clients = [Client(server) for _ in range(3)]
-    server.expect_lines("connected", 3)
-    assert server.stop(signal.SIGTERM).strip() == "SIGTERM: closing 3 clients and exiting"
-    for client in clients:
-        assert client.receive() == b""
 
 
 @linux_only
@@ -2615,48 +2615,29 @@ def test_a_storm_of_stop_signals_still_exits_0() -> None:
 
 
 def test_restart_on_the_same_port_works_at_once(start_server: StartServer) -> None:
-    """SO_REUSEADDR: the server closed its connections first (so they sit in TIME_WAIT on
-    its side), yet a new server binds the same port straight away."""
-    first = start_server("ack")
-    client = Client(first)
-    client.send(b"x")
-    assert client.receive(3) == b"ACK"
-    first.stop()
+    """On SIGTERM the server closes every client first (so the connections sit in TIME_WAIT
+    on its side), yet with SO_REUSEADDR a new server binds the same port straight away."""
+    first = start_server("ack", "--quiet")
+    clients = connect(first, 3)
+    assert_acked(clients[0], b"x")
+    assert first.stop(signal.SIGTERM).strip() == "SIGTERM: closing 3 clients and exiting"
+    for client in clients:
+        assert client.receive() == b""
     assert start_server("ack", port=first.port).port == first.port
 
 
-def assert_510_are_served_and_the_rest_wait(server: ServerProcess, wait: float) -> None:
-    """560 clients connect to a server on Windows: 510 are served, the other 50 wait in
-    the kernel's queue, none refused or reset, and are served as the first 50 leave;
-    then the server stops cleanly."""
-    clients = [Client(server) for _ in range(560)]
-    server.expect_line(r"connected \(510 online\)", timeout=wait)
-    server.expect_line(r"not accepting new clients until one leaves: 510 clients")
-    last = clients[-1]
-    last.send(b"waiting")  # sits in the kernel until the server accepts it
-    assert_quiet(last)
-    for client in clients[:50]:
-        client.close()
-    assert last.receive(3) == b"ACK"
-    for client in clients[50:-1]:
-        client.send(b"all served?")
-        assert client.receive(3) == b"ACK"
-    server.stop()
+MAX_ON_WINDOWS = "--max-clients must be between 1 and 510"
 
 
 @linux_only
 def test_on_windows_510_clients_are_served_and_the_rest_wait(start_server: StartServer) -> None:
-    """On Windows (sys.platform reading win32) 560 clients connect: 510 are served (with
-    the listening and wake-up sockets, the 512 one select() list may hold), the other 50
-    wait in the kernel's queue, none refused or reset, and they are served as others leave.
-    --max-clients above 510 is a usage error there."""
+    """Pretending to be Windows: 510 clients are served (with the listening and wake-up
+    sockets, the 512 one select() list may hold), and 50 more wait; 511 is a usage error."""
     raise_own_nofile_limit(700)
-    too_many = run_server("ack", "--max-clients", "511", changes=["pretend-windows"])
-    assert too_many.returncode == 2
-    assert "--max-clients must be between 1 and 510" in too_many.stderr
     windows = ["pretend-windows"]
+    assert_usage_error(run_server("ack", "--max-clients", "511", changes=windows), MAX_ON_WINDOWS)
     server = start_server("ack", "--quiet", changes=windows, preexec_fn=nofile_limit(1024))
-    assert_510_are_served_and_the_rest_wait(server, 3 * WAIT)
+    assert_served_up_to(server, 510, 50, 3 * WAIT)
 
 
 def test_accepted_sockets_send_small_chunks_at_once() -> None:
@@ -2670,13 +2651,10 @@ def test_accepted_sockets_send_small_chunks_at_once() -> None:
 
 
 def test_a_client_refused_tcp_nodelay_is_served_all_the_same(start_server: StartServer) -> None:
-    """macOS refuses TCP_NODELAY (EINVAL) on a socket whose client reset before it was
-    accepted. The server takes such a client as any other (its reset is read next), and
-    does not die: here every TCP_NODELAY is refused, and the client is served."""
+    """macOS refuses TCP_NODELAY (EINVAL) for a client that reset before accept(): here
+    every TCP_NODELAY is refused, and the server serves the client all the same."""
     server = start_server("ack", changes=["nodelay-refused"])
-    client = Client(server)
-    client.send(b"still served?")
-    assert client.receive(3) == b"ACK"
+    assert_acked(Client(server), b"still served?")
     server.stop()
 
 
@@ -2690,8 +2668,8 @@ def readme_client(port: int) -> list[str]:
 def test_readme_client_sends_piped_input_and_prints_until_the_server_closes(
     start_server: StartServer,
 ) -> None:
-    """The README's client behaves like `nc -N`: piped input is sent, then it half-closes,
-    and it prints what arrives until the server closes the connection."""
+    """Like `nc -N`, the README's client sends piped input, half-closes, and prints what
+    arrives until the server closes."""
     server = start_server("ack")
     command = readme_client(server.port)
     result = subprocess.run(command, input="hello\n", capture_output=True, text=True, timeout=WAIT)
@@ -2700,8 +2678,7 @@ def test_readme_client_sends_piped_input_and_prints_until_the_server_closes(
 
 
 def test_readme_client_outlives_the_server_without_a_traceback(start_server: StartServer) -> None:
-    """When the server goes away first, the README's client ends quietly: status 0, and
-    nothing but its own short line, if any."""
+    """When the server goes first, the README's client ends with status 0, no traceback."""
     server = start_server("ack")
     pipes = {name: subprocess.PIPE for name in ("stdin", "stdout", "stderr")}
     with popen(readme_client(server.port), **pipes) as client:
@@ -2718,57 +2695,45 @@ def test_readme_client_outlives_the_server_without_a_traceback(start_server: Sta
 # (the embeddable one from python.org, 3.8 and 3.13), under Wine on this Linux machine.
 # WINDOWS_PYTHONS names a command for each, a script that runs python.exe under Wine and
 # takes the same arguments as python; without it these tests are skipped.
+WINE_WAIT = 6 * WAIT  # seconds: CPython under Wine starts slowly
 
 
-def find_windows_pythons() -> list[tuple[str, str]]:
-    """(version, command) of each Windows CPython in WINDOWS_PYTHONS, asked for its version."""
-    found = []
+def find_windows_pythons() -> dict[str, str]:
+    """{version: command} of each Windows CPython in WINDOWS_PYTHONS, asked its version."""
+    found = {}
+    ask = "import platform, sys; print(platform.python_version(), sys.platform)"
     for command in os.environ.get("WINDOWS_PYTHONS", "").split():
-        ask = [
-            command,
-            "-c",
-            "import platform, sys; print(platform.python_version(), sys.platform)",
-        ]
-        result = subprocess.run(ask, capture_output=True, text=True, timeout=6 * WAIT)
+        result = subprocess.run(
+            [command, "-c", ask], capture_output=True, text=True, timeout=WINE_WAIT
+        )
         version, _, platform = result.stdout.strip().rpartition(" ")
         assert platform == "win32", f"{command} is no Windows CPython: {result.stdout!r}"
-        found.append((f"windows-{version}", command))
+        found[f"windows-{version}"] = command
     return found
 
 
 WINDOWS_PYTHONS = find_windows_pythons()
 under_wine = pytest.mark.skipif(not WINDOWS_PYTHONS, reason="make test-windows runs these")
 windows_pythons = pytest.mark.parametrize(
-    "python", [command for _, command in WINDOWS_PYTHONS], ids=[v for v, _ in WINDOWS_PYTHONS]
+    "python", list(WINDOWS_PYTHONS.values()), ids=list(WINDOWS_PYTHONS)
 )
 
-# Where Wine differs from Windows, the log line that Wine 8.0 gives instead, and why.
-# A client's reset: Windows' recv() raises WSAECONNRESET ("The virtual circuit was reset
-# by the remote side", Winsock's recv() documentation), CPython's ConnectionResetError.
-# Under Wine 8.0 it returns b"": wineserver, polling the socket for select(), reads the
-# pending ECONNRESET with getsockopt(SO_ERROR) (sock_poll_event() -> sock_error() in its
-# server/sock.c), which on Linux clears it, so the recv() after it finds a plain EOF.
-# Later Wine keeps it (sock->reset, set in sock_error()); then these lines must go.
-WINE_DIFFERS = {
-    "ack_reset_others_unaffected": (
-        "server: {bob} disconnected: connection reset",
-        "server: {bob} disconnected: closed by client",
-    ),
-    "broadcast_reset_others_unaffected": (
-        "server: {carol} disconnected: connection reset",
-        "server: {carol} disconnected: closed by client",
-    ),
-}
+# Where Wine 8.0 differs from Windows: after a client's reset, Windows' recv() raises
+# WSAECONNRESET (ConnectionResetError), Wine's returns b"": wineserver, polling the socket
+# for select(), reads the pending error with getsockopt(SO_ERROR) (sock_error() in its
+# server/sock.c), which on Linux clears it. Later Wine keeps it; then these must go.
+# Each transcript's entry is the client whose reset Wine's recv() reads as a plain EOF.
+WINE_DIFFERS = {"ack_reset_others_unaffected": "bob", "broadcast_reset_others_unaffected": "carol"}
 
 
 def as_under_wine(path: Path) -> str:
-    """The transcript's text, with the one line that Wine changes (see WINE_DIFFERS)."""
+    """The transcript's text, with its reset logged as Wine reads it (see WINE_DIFFERS)."""
     text = path.read_text()
-    if path.stem not in WINE_DIFFERS:
-        return text
-    windows, wine = WINE_DIFFERS[path.stem]
-    assert text.count(f"\n{windows}\n") == 1, f"{path.name} no longer has {windows!r}"
-    return text.replace(f"\n{windows}\n", f"\n{wine}\n")
+    if path.stem in WINE_DIFFERS:
+        line = "\nserver: {" + WINE_DIFFERS[path.stem] + "} disconnected: "
+        assert text.count(f"{line}connection reset\n") == 1, f"{path.name} lost {line!r}"
+        text = text.replace(f"{line}connection reset\n", f"{line}closed by client\n")
+    return text
 
 
 @under_wine
@@ -2792,7 +2757,9 @@ def test_generated_sessions_match_the_model_under_wine(
     """On Windows CPython, generated sessions receive exactly what the model predicts.
     Not those with a reset: the model says 'connection reset', Wine 'closed by client'."""
     assume(all(action.verb != "resets" for action in session[1]))
-    text = generated_transcript(*session, found_by="test_generated_sessions_under_wine")
+    text = generated_transcript(
+        *session, found_by="test_generated_sessions_match_the_model_under_wine"
+    )
     try:
         replay(parse(text, "generated.txt"), interpreter=[python])
     except TranscriptError as error:
@@ -2804,12 +2771,7 @@ def test_generated_sessions_match_the_model_under_wine(
 @pytest.mark.parametrize("args", [["echo"], ["ack", "--port", "65536"]], ids=["mode", "port"])
 def test_bad_arguments_give_usage_and_status_2_under_wine(python: str, args: list[str]) -> None:
     """On Windows CPython too, a bad command line gets a usage message and exit status 2."""
-    result = subprocess.run(
-        [python, str(SERVER), *args], capture_output=True, text=True, timeout=6 * WAIT
-    )
-    assert result.returncode == 2, result.stdout
-    assert result.stdout.startswith("usage: "), result.stdout  # stderr, joined to it
-    assert "Traceback" not in result.stdout
+    assert_usage_error(run_server(*args, interpreter=[python]))
 
 
 @under_wine
@@ -2817,21 +2779,13 @@ def test_bad_arguments_give_usage_and_status_2_under_wine(python: str, args: lis
 def test_510_clients_are_served_and_the_rest_wait_under_wine(
     python: str, start_server: StartServer
 ) -> None:
-    """On Windows CPython 560 clients connect: 510 are served (with the listening and
-    wake-up sockets, the 512 that the real select.pyd takes in one list), the other 50
-    wait in the kernel's queue, none refused or reset, and they are served as others
-    leave. --max-clients above 510 is a usage error there."""
+    """On Windows CPython 510 clients are served (with the listening and wake-up sockets,
+    the 512 the real select.pyd takes in one list), and 50 more wait; 511 is a usage error."""
     raise_own_nofile_limit(700)
-    too_many = subprocess.run(
-        [python, str(SERVER), "ack", "--max-clients", "511"],
-        capture_output=True,
-        text=True,
-        timeout=6 * WAIT,
-    )
-    assert too_many.returncode == 2, too_many.stdout
-    assert "--max-clients must be between 1 and 510" in too_many.stdout  # stderr, joined
+    too_many = run_server("ack", "--max-clients", "511", interpreter=[python])
+    assert_usage_error(too_many, MAX_ON_WINDOWS)
     server = start_server("ack", "--quiet", interpreter=[python])
-    assert_510_are_served_and_the_rest_wait(server, 6 * WAIT)
+    assert_served_up_to(server, 510, 50, WINE_WAIT)
 
 
 # ---------------------------------------------------------------- the README stays true

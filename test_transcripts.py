@@ -208,8 +208,7 @@ def with_broken(changes: Sequence[str]) -> list[str]:
 
 def server_command(interpreter: list[str] | None = None, changes: Sequence[str] = ()) -> list[str]:
     """The command that runs the server with interpreter (["python3.8"], a Wine wrapper...),
-    changed by changes. A changed server runs through this file, which needs the test
-    tools: so $BROKEN_SERVER changes only the servers of the default, sys.executable."""
+    changed by changes; $BROKEN_SERVER changes only sys.executable's (it needs the test tools)."""
     if interpreter is None:
         interpreter, changes = [sys.executable], with_broken(changes)
     if not changes:
@@ -218,9 +217,8 @@ def server_command(interpreter: list[str] | None = None, changes: Sequence[str] 
 
 
 class ServerProcess:
-    """The server, started (on a free port by default), its output read line by line
-    through pexpect; as a context manager, killed at the end with its clients. Its stdout
-    is a pipe, not a terminal: a line not flushed at once would not arrive."""
+    """The server, on a free port by default, its output read through a pipe (a line it does
+    not flush does not arrive); as a context manager, killed at the end with its clients."""
 
     def __init__(
         self,
@@ -318,8 +316,7 @@ StartServer = Callable[..., ServerProcess]
 
 @pytest.fixture
 def start_server() -> Iterator[StartServer]:
-    """Start servers for one test, with ServerProcess's arguments; each is killed, with
-    its clients, when the test ends, passed or failed."""
+    """Start servers (ServerProcess's arguments), each killed with its clients at the end."""
     with contextlib.ExitStack() as started:
 
         def start(mode: str, *args: str, **options: Any) -> ServerProcess:
@@ -786,9 +783,8 @@ SLOW = 0.5  # seconds: a wait longer than this is worth a note when checking ano
 
 
 class Session:
-    """A server and the named clients of one transcript, and the steps they take. With
-    command, the server is that command's (CommandServer), judged on the wire only: its
-    log is not read, and at a `server:` line the session waits until it has settled."""
+    """A server and the named clients of one transcript, and the steps they take. With command,
+    a CommandServer judged on the wire only: its log is not read (see settle)."""
 
     def __init__(
         self,
@@ -812,9 +808,8 @@ class Session:
     def fail(
         self, step: Step | None, expected: str, arrived: str, ended: bool = False
     ) -> TranscriptError:
-        """The error for a step (None: after the last): expected, arrived, and the server's
-        exit status if it has exited. ended: the connection ended, which a dying server
-        causes a moment before its exit status can be had."""
+        """The error at step (None: after the last), with the server's exit status if it has
+        exited; ended: the connection ended, which a dying server causes a moment before."""
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.server.child.proc.wait(timeout=QUIET if ended else 0)
         status = self.server.child.proc.poll()
@@ -860,10 +855,9 @@ class Session:
                 return client
 
     def act(self, step: Step, check_unread: bool = True, closes_next: bool = False) -> None:
-        """Carry out one action step; with check_unread, first fail if the client received
-        bytes no step expected. closes_next: this send's client closes or half-closes next;
-        the bytes wait to go out with the FIN in one segment (Linux), so that the server
-        reads both in the same round however busy the machine is."""
+        """Carry out one action step; with check_unread, first fail on bytes no step expected.
+        closes_next: a send goes out with the FIN that follows, in one segment (Linux), so
+        that the server reads both in the same round however busy the machine is."""
         if step.verb == "connects":
             self.clients[step.actor] = self.connect(step)
             return
@@ -1045,9 +1039,8 @@ def observations(session: Session, order: list[str]) -> list[str]:
 
 
 def record(transcript: Transcript) -> str:
-    """Replay only the actions of a transcript and return it with new expectations:
-    comments, blank lines and actions stay; after each run of actions, the observations
-    of what arrived replace those that stood there (and name the clients' order)."""
+    """The transcript with new expectations: its actions replayed, and after each run of them
+    what arrived, in place of the observations that stood there (their clients' order kept)."""
     session = Session(transcript)
     steps = {step.lineno: step for step in transcript.steps}
     out: list[str] = []

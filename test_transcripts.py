@@ -840,6 +840,7 @@ class Session:
         while True:
             try:
                 client = Client(self.server, step.actor, wait=self.wait)
+                break
             except ConnectionRefusedError as error:
                 late = time.monotonic() - started > self.wait
                 if self.judges_log or late or self.server.child.proc.poll() is not None:
@@ -848,11 +849,10 @@ class Session:
                 time.sleep(0.01)  # nothing to wait on: a refused connect leaves no trace
             except OSError as error:
                 raise self.fail(step, "a connection", f"{error!r}", True) from None
-            else:
-                took = time.monotonic() - started
-                if refused:
-                    self.note(step, f"was refused for {took:.1f} s: it needed a moment to accept")
-                return client
+        if refused:
+            took = time.monotonic() - started
+            self.note(step, f"was refused for {took:.1f} s: it needed a moment to accept")
+        return client
 
     def act(self, step: Step, check_unread: bool = True, closes_next: bool = False) -> None:
         """Carry out one action step; with check_unread, first fail on bytes no step expected.

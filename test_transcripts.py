@@ -96,7 +96,7 @@ needs_ipv6_loopback = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv
 # ================================================================ 1. the transcript format
 
 ACTIONS = {"connects", "sends", "sends-urgent", "half-closes", "closes", "resets"}
-OBSERVATIONS = {"receives", "server"}
+VERBS = ACTIONS | {"receives", "server"}
 STEP = re.compile(r"(?P<actor>[a-z][a-z0-9_]*) (?P<verb>[a-z-]+)(?: (?P<arg>.*))?$")
 
 
@@ -124,7 +124,7 @@ class Transcript:
     name: str
     mode: str
     steps: list[Step]
-    lines: list[str] = field(default_factory=list)
+    lines: list[str]
 
 
 class TranscriptError(AssertionError):
@@ -152,16 +152,15 @@ def parse_step(lineno: int, text: str, where: str) -> Step:
     if text.startswith("server: "):
         return Step(lineno, text, "server", "server", line=text[len("server: ") :])
     match = STEP.match(text)
-    if match is None or match["verb"] not in ACTIONS | OBSERVATIONS:
+    if match is None or match["verb"] not in VERBS:
         raise TranscriptError(f"{where}: not a step: {text}")
-    actor, verb, arg = match["actor"], match["verb"], match["arg"]
-    step = Step(lineno, text, actor, verb)
-    if verb == "receives" and arg == "EOF":
+    step, arg = Step(lineno, text, match["actor"], match["verb"]), match["arg"]
+    if step.verb == "receives" and arg == "EOF":
         step.eof = True
-    elif verb in ("sends", "sends-urgent", "receives"):
+    elif step.verb in ("sends", "sends-urgent", "receives"):
         step.data = parse_bytes(arg or "", where)
     elif arg is not None:
-        raise TranscriptError(f"{where}: '{verb}' takes nothing after it: {text}")
+        raise TranscriptError(f"{where}: '{step.verb}' takes nothing after it: {text}")
     return step
 
 
@@ -208,9 +207,8 @@ def with_broken(changes: Sequence[str]) -> list[str]:
 
 
 def server_command(interpreter: list[str] | None = None, changes: Sequence[str] = ()) -> list[str]:
-    """The command that runs the server with interpreter (["python3.8"] or a Wine wrapper,
-    say), changed by changes. A changed server runs through this file, which needs the
-    test tools: $BROKEN_SERVER changes only the servers of the default, sys.executable."""
+    """The command that runs the server with interpreter (["python3.8"], a Wine wrapper...),
+    changed by changes; $BROKEN_SERVER changes only sys.executable's (it needs the test tools)."""
     if interpreter is None:
         interpreter, changes = [sys.executable], with_broken(changes)
     if not changes:
@@ -219,9 +217,8 @@ def server_command(interpreter: list[str] | None = None, changes: Sequence[str] 
 
 
 class ServerProcess:
-    """The server, started (on a free port by default) with its output read through
-    pexpect, line by line; as a context manager, killed at the end with its clients.
-    Its stdout is a pipe, not a terminal: a line not flushed at once would not arrive."""
+    """The server, on a free port by default, its output read through a pipe (a line it does
+    not flush does not arrive); as a context manager, killed at the end with its clients."""
 
     def __init__(
         self,
@@ -249,7 +246,7 @@ class ServerProcess:
         self.host, self.port = match["v6"] or match["v4"], int(match["port"])
 
     def start(self, command: list[str], env: dict[str, str], preexec_fn: Any = None) -> None:
-        """Start the process, its output (stdout and stderr) read through pexpect."""
+        """Start the process, its stdout and stderr read through pexpect."""
         self.output = io.StringIO()  # everything the server printed, for failures
         self.clients: list[Client] = []  # connected to it; closed by kill()
         self.child: PopenSpawn[str] = PopenSpawn(
@@ -319,8 +316,7 @@ StartServer = Callable[..., ServerProcess]
 
 @pytest.fixture
 def start_server() -> Iterator[StartServer]:
-    """Start servers for one test, with ServerProcess's arguments: each one is killed,
-    with its clients, when the test ends, whether it passed or failed."""
+    """Start servers (ServerProcess's arguments), each killed with its clients at the end."""
     with contextlib.ExitStack() as started:
 
         def start(mode: str, *args: str, **options: Any) -> ServerProcess:
@@ -360,13 +356,13 @@ def server_in_this_process(mode: str, changes: Sequence[str] = ()) -> Iterator[I
 
 
 class Client:
-    """One client: a socket connected to a server, each wait on it bounded, and what has
-    arrived for it and no one has read yet. Its server's kill() closes it."""
+    """One client: a socket connected to a server, each wait on it bounded (by wait, else
+    WAIT), and what has arrived for it that no one has read yet. Its server closes it."""
 
     def __init__(
         self, server: ServerProcess | InProcess, name: str = "", rcvbuf: int = 0, wait: float = 0
     ) -> None:
-        self.name, self.wait = name, wait or WAIT  # wait: the most one expectation waits
+        self.name, self.wait = name, wait or WAIT
         self.sock = socket.socket(socket.AF_INET6 if ":" in server.host else socket.AF_INET)
         if rcvbuf:  # before connect(), so that the window it advertises is small
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -382,7 +378,7 @@ class Client:
         self.pending = b""  # read from the socket, not yet taken by a step
         self.closed = False  # we closed or reset it: nothing more can be read
         self.half_closed = False  # it sent EOF: the server owes it a close
-        self.at_eof = False  # the server closed it and we read the EOF
+        self.at_eof = False  # the server closed (or reset) it, and we read that
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -400,14 +396,20 @@ class Client:
         self.closed = True
 
     def unread(self) -> bytes:
-        """Take the bytes that have arrived and no one has read, without waiting."""
+        """Take the bytes that have arrived and no one has read, without waiting; note
+        (at_eof) the close or reset that followed them, if it has come."""
         data, self.pending = self.pending, b""
         if self.closed or self.at_eof:
             return data
         self.sock.setblocking(False)
-        with contextlib.suppress(OSError):  # nothing more now; or a reset, read as an EOF next
+        try:
             while chunk := self.sock.recv(1 << 20):
                 data += chunk
+            self.at_eof = True
+        except BlockingIOError:
+            pass  # nothing more, for now
+        except OSError:
+            self.at_eof = True  # a reset: the next read finds an EOF
         return data
 
     def read_more(self, deadline: float) -> bytes:
@@ -421,10 +423,9 @@ class Client:
         return chunk
 
     def receive(self, size: int = -1, end: bytes = b"", timeout: float = 0) -> bytes:
-        """Wait (bounded: timeout, else the client's wait) for size bytes, or until what came
-        ends with end, or else until the server closes the connection; return what came:
-        less if the server closed first or the time ran out (waiting in vain for the close
-        is a failure). The test compares it with what it expected."""
+        """Wait (bounded: timeout, else the client's wait) for size bytes, or until what
+        came ends with end, or else for the server to close; return what came, less if the
+        server closed or the time ran out first (waiting in vain for a close fails)."""
         data = bytearray(self.unread())
         deadline = time.monotonic() + (timeout or self.wait)
         while (len(data) < size or size < 0) and not (end and data.endswith(end)):
@@ -493,10 +494,7 @@ def peak_memory_mb(pid: int) -> float:
 def freeze(pid: int) -> None:
     """Stop a process with SIGSTOP, and wait (bounded) until it really is stopped."""
     os.kill(pid, signal.SIGSTOP)
-    deadline = time.monotonic() + WAIT
-    while proc_stat(pid)[0] != "T":
-        assert time.monotonic() < deadline, "the server did not stop"
-        time.sleep(0.001)
+    wait_for(lambda: proc_stat(pid)[0] == "T", "the server to stop")
 
 
 def nofile_limit(limit: int) -> Callable[[], None]:
@@ -777,10 +775,8 @@ SLOW = 0.5  # seconds: a wait longer than this is worth a note when checking ano
 
 
 class Session:
-    """A server and the named clients of one transcript, with the steps they can take.
-    With command, the server is that command's (see CommandServer), and only the wire is
-    judged: its log is not read, and `server:` lines wait until it has taken in what
-    happened (see settle)."""
+    """A server and the named clients of one transcript, and the steps they take. With command,
+    a CommandServer judged on the wire only: its log is not read (see settle)."""
 
     def __init__(
         self,
@@ -804,9 +800,8 @@ class Session:
     def fail(
         self, step: Step | None, expected: str, arrived: str, ended: bool = False
     ) -> TranscriptError:
-        """An error that shows the transcript line, what was expected and what arrived,
-        and that the server has exited, if it has. ended: the connection ended, which a
-        server that dies causes a moment before its exit status can be had."""
+        """The error at step (None: after the last), with the server's exit status if it has
+        exited; ended: the connection ended, which a dying server causes a moment before."""
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.server.child.proc.wait(timeout=QUIET if ended else 0)
         status = self.server.child.proc.poll()
@@ -822,7 +817,7 @@ class Session:
         )
 
     def note(self, step: Step, text: str) -> None:
-        """Keep a note on a difference that is not a failure, naming the line."""
+        """Note a difference that is not a failure, naming the line."""
         self.notes.append(f"line {step.lineno} `{step.text}` {text}")
 
     def client(self, step: Step) -> Client:
@@ -852,11 +847,9 @@ class Session:
         return client
 
     def act(self, step: Step, check_unread: bool = True, closes_next: bool = False) -> None:
-        """Carry out one action step; first, with check_unread, fail if the client has
-        received bytes that no step expected (rather than lose them in a close). With
-        closes_next, a send waits for the client's next action, a close or half-close, to
-        go out with its FIN in one segment (Linux), so that the server reads the bytes
-        and finds the EOF in the same round however busy the machine is."""
+        """Carry out one action step; with check_unread, first fail on bytes no step expected.
+        closes_next: a send goes out with the FIN that follows, in one segment (Linux), so
+        that the server reads both in the same round however busy the machine is."""
         if step.verb == "connects":
             self.clients[step.actor] = self.connect(step)
             return
@@ -887,10 +880,7 @@ class Session:
             return
         client = self.client(step)
         started = time.monotonic()
-        if step.eof:
-            self.receive_eof(client, step)
-        else:
-            self.receive(client, step)
+        self.receive(client, step)
         took = time.monotonic() - started
         if took > SLOW:
             later = step.eof and client.half_closed
@@ -898,40 +888,29 @@ class Session:
             self.note(step, f"came after {took:.1f} s{why}")
 
     def receive(self, client: Client, step: Step) -> None:
-        """Wait (bounded) until the client has received exactly step.data next; fail at
-        once when a byte differs, else when the wait runs out."""
-        arrived, expected = client.unread(), repr(step.data)
+        """Wait (bounded) until the client has received exactly step.data next, or for
+        `receives EOF` the close and nothing before it; fail as soon as a byte differs."""
+        arrived, expected = client.unread(), "EOF" if step.eof else repr(step.data)
         deadline = time.monotonic() + client.wait
-        while not arrived.startswith(step.data):
-            if not step.data.startswith(arrived):
+        while step.eof or not arrived.startswith(step.data):
+            if not step.data.startswith(arrived):  # a wrong byte, or any byte before an EOF
                 raise self.fail(step, expected, repr(arrived))
+            so_far = "" if step.eof else f"{arrived!r} and then "
             try:
                 arrived += client.read_more(deadline)
             except socket.timeout:
-                raise self.fail(step, expected, f"{arrived!r} and then nothing") from None
+                raise self.fail(step, expected, f"{so_far}nothing") from None
             except EOFError:
-                raise self.fail(step, expected, f"{arrived!r} and then EOF", True) from None
+                if step.eof:
+                    return
+                raise self.fail(step, expected, f"{so_far}EOF", True) from None
             except ConnectionResetError:
-                and_then = f"{arrived!r} and then a reset (ECONNRESET)"
-                raise self.fail(step, expected, and_then, True) from None
+                raise self.fail(step, expected, f"{so_far}a reset (ECONNRESET)", True) from None
         client.pending = arrived[len(step.data) :]  # for the next step
 
-    def receive_eof(self, client: Client, step: Step) -> None:
-        """Wait (bounded) until the server closes the client, with nothing before it."""
-        try:
-            arrived = client.unread() or client.read_more(time.monotonic() + client.wait)
-        except socket.timeout:
-            raise self.fail(step, "EOF", "nothing") from None
-        except EOFError:
-            return
-        except ConnectionResetError:
-            raise self.fail(step, "EOF", "a reset (ECONNRESET)", True) from None
-        raise self.fail(step, "EOF", repr(arrived))
-
     def settle(self, step: Step) -> None:
-        """In place of a `server:` line, for a server whose log is not judged: wait until
-        it has taken in what the clients did (see CommandServer.wait_until_settled), so
-        that the next action cannot overtake it, as the log line would have ensured."""
+        """At a `server:` line when the log is not judged: wait until the server has taken
+        in what the clients did (see CommandServer), so the next action cannot overtake it."""
         assert isinstance(self.server, CommandServer)
         started = time.monotonic()
         ports = [client.port for client in self.clients.values()]
@@ -967,8 +946,7 @@ class Session:
 
     def close(self) -> None:
         for client in self.clients.values():
-            if not client.closed:
-                client.close()
+            client.close()
         self.server.kill()
 
 
@@ -985,22 +963,21 @@ def replay(
     interpreter: list[str] | None = None,
     command: str | None = None,
 ) -> list[str]:
-    """Play a transcript against a fresh server; raise TranscriptError where it differs.
-    With command, against that server instead of ours (see Session), whose exit is not
-    judged either. Return the notes on differences that are not failures."""
+    """Play a transcript against a fresh server (with command, against that one, whose exit
+    is not judged); raise TranscriptError where it differs, else return the notes."""
     session = Session(transcript, host, interpreter, command)
-    previous_was_action = False
+    steps = transcript.steps
     try:
-        for step, following in zip(transcript.steps, [*transcript.steps[1:], None]):
+        for previous, step, following in zip([None, *steps], steps, [*steps[1:], None]):
             if step.is_action:
                 # Right after another action, bytes it caused may already be here, and
                 # the observations after this one will account for them.
-                session.act(step, not previous_was_action, closes_next(step, following))
+                after_action = previous is not None and previous.is_action
+                session.act(step, not after_action, closes_next(step, following))
             elif step.verb == "server" and not session.judges_log:
                 session.settle(step)
             else:
                 session.check(step)
-            previous_was_action = step.is_action
         session.check_nothing_more()
         if session.judges_log:
             last = session.server.stop()
@@ -1016,43 +993,34 @@ def replay(
 
 
 def gather(session: Session) -> tuple[dict[str, bytes], set[str], list[str]]:
-    """Collect what arrives until nothing has for RECORD_QUIET seconds (bounded)."""
-    received = {name: b"" for name in session.clients}
-    eof: set[str] = set()
+    """What arrives until nothing has for RECORD_QUIET seconds (bounded): each client's
+    bytes, the clients the server closed, and the server's lines."""
+    received = dict.fromkeys(session.clients, b"")
+    at_eof_before = {name for name, client in session.clients.items() if client.at_eof}
     lines: list[str] = []
     quiet_since = time.monotonic()
     deadline = quiet_since + WAIT
     while time.monotonic() - quiet_since < RECORD_QUIET and time.monotonic() < deadline:
         time.sleep(0.01)
         for name, client in session.clients.items():
+            was_at_eof = client.at_eof
             chunk = client.unread()
-            if chunk:
-                received[name] += chunk
-                quiet_since = time.monotonic()
-            if not client.closed and not client.at_eof and is_at_eof(client):
-                eof.add(name)
-                client.at_eof = True
+            received[name] += chunk
+            if chunk or client.at_eof != was_at_eof:
                 quiet_since = time.monotonic()
         new = session.server.new_lines()
         if new:
             lines += [session.with_names(line) for line in new]
             quiet_since = time.monotonic()
+    eof = {name for name, client in session.clients.items() if client.at_eof} - at_eof_before
     return received, eof, lines
 
 
-def is_at_eof(client: Client) -> bool:
-    """True when the server has closed this client (a read returns EOF or a reset)."""
-    ready, _, _ = select.select([client.sock], [], [], 0)
-    try:
-        return bool(ready) and client.sock.recv(1, socket.MSG_PEEK) == b""
-    except OSError:
-        return True
-
-
 def observations(session: Session, order: list[str]) -> list[str]:
-    """The step lines for what arrived after the last actions: clients first, then the log."""
+    """The step lines for what arrived after a run of actions: each client's (first those
+    that order names, in its order), then the server's lines."""
     received, eof, lines = gather(session)
-    named = [name for name in dict.fromkeys(order) if name in received]  # once each
+    named = [name for name in dict.fromkeys(order) if name in received]
     out = []
     for name in named + sorted(name for name in received if name not in named):
         if received[name]:
@@ -1063,14 +1031,13 @@ def observations(session: Session, order: list[str]) -> list[str]:
 
 
 def record(transcript: Transcript) -> str:
-    """Replay only the actions of a transcript and return it with new expectations.
-    Comments, blank lines and actions stay where they are; after each run of actions
-    come the observations of what actually arrived, in place of the ones that stood there."""
+    """The transcript with new expectations: its actions replayed, and after each run of them
+    what arrived, in place of the observations that stood there (their clients' order kept)."""
     session = Session(transcript)
     steps = {step.lineno: step for step in transcript.steps}
     out: list[str] = []
-    pending: list[str] = []  # comments and blank lines waiting to be written
-    order: list[str] = []  # clients in the order the replaced observations named them
+    pending: list[str] = []  # comments and blank lines not written yet
+    order: list[str] = []  # the clients that the replaced observations named
     acted = False  # actions were replayed whose observations are not written yet
     try:
         for lineno, raw in enumerate(transcript.lines, start=1):
@@ -1085,15 +1052,14 @@ def record(transcript: Transcript) -> str:
                     acted, order = False, []
                 out += [*pending, raw]
                 pending = []
-                session.act(step, check_unread=False)  # gather() collects everything
+                session.act(step, check_unread=False)  # observations() reads everything
                 acted = True
         if acted:
             out += observations(session, order)
-        out += pending
         session.server.stop()
     finally:
         session.close()
-    return "\n".join(out).rstrip("\n") + "\n"
+    return "\n".join(out + pending).rstrip("\n") + "\n"
 
 
 def record_main(files: list[str]) -> int:

@@ -96,7 +96,7 @@ needs_ipv6_loopback = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv
 # ================================================================ 1. the transcript format
 
 ACTIONS = {"connects", "sends", "sends-urgent", "half-closes", "closes", "resets"}
-VERBS = ACTIONS | {"receives", "server"}
+VERBS = ACTIONS | {"receives"}  # of a client; the server's lines are "server: ..."
 STEP = re.compile(r"(?P<actor>[a-z][a-z0-9_]*) (?P<verb>[a-z-]+)(?: (?P<arg>.*))?$")
 
 
@@ -140,7 +140,7 @@ def parse_bytes(literal: str, where: str) -> bytes:
     """Turn a Python bytes literal (b'...' with any escapes) into bytes."""
     try:
         value = ast.literal_eval(literal)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):  # {[]}: TypeError
         value = None
     if not isinstance(value, bytes):
         raise TranscriptError(f"{where}: not a bytes literal: {literal}")
@@ -167,7 +167,8 @@ def parse_step(lineno: int, text: str, where: str) -> Step:
 def parse(text: str, name: str = "<transcript>") -> Transcript:
     """Parse a transcript: comments (#), blank lines, a mode line, then steps."""
     mode = ""
-    steps = []
+    steps: list[Step] = []
+    gone: set[str] = set()  # clients that closed or reset: they can do or see nothing more
     lines = text.splitlines()
     for lineno, raw in enumerate(lines, start=1):
         line = raw.strip()
@@ -182,6 +183,10 @@ def parse(text: str, name: str = "<transcript>") -> Transcript:
             raise TranscriptError(f"{where}: the first step must come after a mode line")
         else:
             steps.append(parse_step(lineno, line, where))
+            if steps[-1].actor in gone:
+                raise TranscriptError(f"{where}: {steps[-1].actor} has closed: {line}")
+            if steps[-1].verb in ("closes", "resets"):
+                gone.add(steps[-1].actor)
     if not mode:
         raise TranscriptError(f"{name}: no mode line")
     return Transcript(name, mode, steps, lines)
@@ -1299,6 +1304,9 @@ MALFORMED = {
     "unknown-mode": "mode echo\n",
     "unknown-verb": "mode ack\nalice shouts b'hi'\n",
     "not-bytes": "mode ack\nalice sends 'hi'\n",
+    "not-a-literal": "mode ack\nalice sends {[]}\n",
+    "server-verb": "mode ack\nalice server\n",
+    "after-close": "mode ack\nalice connects\nalice closes\nalice receives b'ACK'\n",
 }
 
 

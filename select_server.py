@@ -79,13 +79,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.description = "A select.select() TCP server: ack or broadcast what clients send."
     modes = 'ack: answer every chunk with b"ACK"; broadcast: relay it to every other client'
     parser.add_argument("mode", choices=["ack", "broadcast"], help=modes)
-    # Not "localhost": it is ::1 first on macOS and 127.0.0.1 first on Linux.
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on; '' for all")
+    # Not "localhost": it is ::1 first on macOS and many Linux systems, 127.0.0.1 on others.
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on; '' for all IPv4")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     parser.add_argument("--quiet", action="store_true", help="don't log every chunk received")
     clients = f"clients served at once, at most {MOST_CLIENTS}; more wait until one leaves"
     parser.add_argument("--max-clients", type=int, default=MOST_CLIENTS, help=clients)
-    owed = "the most bytes a client is owed; it must take half of them every --grace s"
+    owed = "the most bytes a client is owed; it must take half that (or all) every --grace s"
     parser.add_argument("--max-buffer", type=int, default=Settings.max_buffer, help=owed)
     slow = "a client owed bytes must take --max-buffer/2 of them (or all) every this many s"
     parser.add_argument("--grace", type=float, default=Settings.grace, help=slow)
@@ -155,7 +155,7 @@ class Client:
         self.owed = 0  # bytes in outbox
         self.reading = True  # until it sends EOF
         self.failure = ""  # why a send() to it failed; from then on it is sent nothing
-        self.deadline = 0.0  # while it is owed bytes: when it must have taken B/2 (rule 4)
+        self.deadline = 0.0  # while it is owed bytes: when it must have taken B/2 or all
         self.taken = 0  # bytes it took since then
 
 
@@ -270,7 +270,7 @@ class Server:
         # In turn: when a round runs out of room, the next one begins with the first client
         # it did not read, and goes on by descriptor, so a busy room starves no one.
         ready = [fd for fd in readable if fd in self.clients]
-        if ready and self.next_turn is not None:  # the last round that read ran out of room
+        if len(ready) > 1 and self.next_turn is not None:  # the last such round ran out
             first, self.next_turn = self.next_turn, None
             ready.sort(key=lambda fd: (fd < first, fd))
         chunks = []
@@ -330,8 +330,9 @@ class Server:
                     log(f"a client could not be accepted: {failure_reason(error)}")
                 return
             if not WINDOWS and sock.fileno() >= FD_SETSIZE:  # select() would fail on it
-                self.stop_accepting(f"descriptor {sock.fileno()} is past FD_SETSIZE")
+                reason = f"descriptor {sock.fileno()} is past FD_SETSIZE"
                 sock.close()
+                self.stop_accepting(reason)
                 return
             self.add_client(sock, host_port(address))
         self.stop_accepting(f"{self.settings.max_clients} clients, the most allowed")
@@ -374,7 +375,7 @@ class Server:
         except BlockingIOError:
             return b""  # nothing to read after all; select() will tell us again
         except OSError as error:  # e.g. ConnectionResetError: the client sent a reset
-            self.drop(client, failure_reason(error))
+            self.drop(client, client.failure or failure_reason(error))  # the first failure
             return b""
         if not data:
             self.hang_up(client)

@@ -77,7 +77,7 @@ START_WAIT = 10.0  # seconds: the most a server takes to say it listens (a loade
 QUIET = 0.1  # seconds of silence that show nothing more is coming
 RECORD_QUIET = 0.3  # recording waits this long for stragglers after each action
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
-# The tests of what the README says under "What happens when...": make test runs them one
+# The load tests (most of the README's rules and "Case by case"): make test runs them one
 # after another on one pytest-xdist worker, so that no load test slows down a timing test.
 load = pytest.mark.xdist_group("load")
 

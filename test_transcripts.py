@@ -1415,13 +1415,10 @@ def numbered(client: int, number: int) -> bytes:
 
 
 def what_is_wrong(me: int, plans: list[Plan], received: bytes) -> list[str]:
-    """What the model finds wrong with what client number me received; [] if nothing.
-
-    A client that stays gets every message of every other client, each sender's in order,
-    none twice, none of its own; of a client that resets, only some first messages may
-    arrive (the reset may overtake them). A client that half-closes gets some first
-    messages of each other client (those the server read before its EOF), then EOF.
-    """
+    """What the model finds wrong with what client number me received ([] if nothing): a
+    client that stays gets every other client's messages, each sender's in order, none
+    twice, none of its own, but only some first ones of a client that resets (the reset
+    may overtake them); one that half-closes, some first of each (read before its EOF)."""
     tokens = re.findall(rb"<c\d+m\d+>", received)
     problems = [] if b"".join(tokens) == received else [f"not whole messages: {received!r}"]
     by_sender: dict[int, list[int]] = {}
@@ -1823,10 +1820,9 @@ def test_an_ack_crowd_that_sends_at_once_is_answered_in_bounded_memory(
 
 # ---------------------------------------------------------------- rule 4: owed bytes are taken
 
-# The slow-reader rule with a small limit and grace: a client that is owed bytes must take
-# RULE_BUFFER / 2 of them every RULE_GRACE seconds (or all it is owed), so the slowest
-# reader that stays reads SLOWEST_KEPT bytes per second (256 KiB/s), plus what the
-# kernel's buffers absorb.
+# Rule 4 with a small limit and grace: a client owed bytes must take RULE_BUFFER / 2 of
+# them every RULE_GRACE seconds (or all it is owed), so the slowest reader that stays
+# reads SLOWEST_KEPT bytes per second (256 KiB/s), plus what the kernel's buffers absorb.
 RULE_BUFFER = 262144
 RULE_GRACE = 0.5
 RULE_ARGS = ("--max-buffer", str(RULE_BUFFER), "--grace", str(RULE_GRACE))

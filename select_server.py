@@ -278,8 +278,9 @@ class Server:
             if room <= 0:
                 self.next_turn = fd
                 break
-            if data := self.read_from(self.clients[fd], min(room, RECV_SIZE)):
-                chunks.append((self.clients[fd], data))
+            client = self.clients[fd]
+            if data := self.read_from(client, min(room, RECV_SIZE)):
+                chunks.append((client, data))
                 room -= len(data)
         return chunks
 

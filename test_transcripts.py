@@ -446,6 +446,19 @@ class Client:
         return bytes(data)
 
 
+def connect(server: ServerProcess, count: int) -> list[Client]:
+    """count clients, each connected and logged as connected."""
+    clients = [Client(server) for _ in range(count)]
+    server.expect_lines("connected", count)
+    return clients
+
+
+def assert_acked(client: Client, data: bytes) -> None:
+    """The client sends data and is answered with one ACK."""
+    client.send(data)
+    assert client.receive(3) == b"ACK"
+
+
 def assert_quiet(*clients: Client) -> None:
     """Nothing more (no byte, no EOF) arrives for any of these clients within QUIET s."""
     poll = select.poll()  # not select(): some tests hold descriptors above FD_SETSIZE
@@ -1667,8 +1680,7 @@ def crowd_sends_at_once(
     messages. Each chunk read goes to take(client's index, chunk) and is not kept (200
     copies of 200 messages would cost memory and time). Return the server's growth, MB."""
     raise_own_nofile_limit(len(messages) + 100)
-    crowd = [Client(server).sock for _ in messages]
-    server.expect_lines("connected", len(crowd))
+    crowd = [client.sock for client in connect(server, len(messages))]
     before = resident_memory_mb(server.pid)
     expected = sum(len(message) for message in messages)
     counts = dict.fromkeys(range(len(crowd)), 0)
@@ -2050,19 +2062,6 @@ def test_flood_drops_the_non_reader_and_keeps_the_slow_reader(start_server: Star
 
 
 # ================================================================ 7. case by case
-
-
-def connect(server: ServerProcess, count: int) -> list[Client]:
-    """count clients, each connected and logged as connected."""
-    clients = [Client(server) for _ in range(count)]
-    server.expect_lines("connected", count)
-    return clients
-
-
-def assert_acked(client: Client, data: bytes) -> None:
-    """The client sends data and is answered with one ACK."""
-    client.send(data)
-    assert client.receive(3) == b"ACK"
 
 
 @load

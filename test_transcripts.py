@@ -57,13 +57,6 @@ from types import SimpleNamespace
 from typing import Any, Callable, Iterator, Sequence
 from unittest import mock
 
-import pexpect
-import pytest
-from hypothesis import Verbosity, assume, given, settings
-from hypothesis import strategies as st
-from hypothesis.errors import Flaky
-from pexpect.popen_spawn import PopenSpawn
-
 import select_server
 from select_server import Client as ClientState
 from select_server import Server, describe, host_port
@@ -76,23 +69,6 @@ WAIT = 5.0  # seconds: the most any single expectation waits before it fails
 START_WAIT = 10.0  # seconds: the most a server takes to say it listens (a loaded machine)
 QUIET = 0.1  # seconds of silence that show nothing more is coming
 RECORD_QUIET = 0.3  # recording waits this long for stragglers after each action
-linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
-# The load tests (most of the README's rules and "Case by case"): make test runs them one
-# after another on one pytest-xdist worker, so that no load test slows down a timing test.
-load = pytest.mark.xdist_group("load")
-
-
-def has_ipv6_loopback() -> bool:
-    try:
-        with socket.create_server(("::1", 0), family=socket.AF_INET6):
-            return True
-    except OSError:
-        return False
-
-
-needs_ipv6_loopback = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback")
-
-
 # ================================================================ 1. the transcript format
 
 ACTIONS = {"connects", "sends", "sends-urgent", "half-closes", "closes", "resets"}
@@ -200,10 +176,299 @@ def read_transcript(path: Path, name: str = "") -> Transcript:
     return parse(path.read_text(), name or path.name)
 
 
-# ================================================================ 2. a server, and its clients
+# ================================================================ 2. servers changed on purpose
+
+# The one way to change the server, for a test that needs another machine or a server with
+# a mistake in it: a Change replaces attributes of select_server (or of the socket module)
+# with the real functions below. `python test_transcripts.py server NAME[,NAME] MODE ...`
+# runs select_server.main() so changed (server_command() builds that command line), and
+# server_in_this_process() applies them here. Nothing reads or edits the server's text.
+
+BROKEN_SERVER = "BROKEN_SERVER"  # names changes that every server of every test gets
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a changed server does differently, and the (object, attribute, replacement)
+    triples that make it so."""
+
+    does: str
+    replacements: list[tuple[object, str, object]]
+
+
+@contextlib.contextmanager
+def changed(names: Sequence[str]) -> Iterator[None]:
+    """Apply the changes of these names (see CHANGES), and undo them at the end."""
+    with contextlib.ExitStack() as stack:
+        for name in names:
+            for target, attribute, new in CHANGES[name].replacements:
+                stack.enter_context(mock.patch.object(target, attribute, new))
+        yield
+
+
+def run_changed_server(argv: list[str]) -> int:
+    """`server NAME[,NAME] MODE [ARGS]`: select_server.main(), changed; `server --list`."""
+    if argv[:1] in ([], ["--list"]):
+        for name, change in CHANGES.items():
+            print(f"{name:26} {change.does}")
+        return 0
+    unknown = [name for name in argv[0].split(",") if name not in CHANGES]
+    if unknown:
+        print(f"no such changed server: {', '.join(unknown)} (see: server --list)", file=sys.stderr)
+        return 2
+    sys.argv[0] = str(SERVER)  # so that argparse calls itself select_server.py
+    with changed(argv[0].split(",")):
+        return select_server.main(argv[1:])
+
+
+# ---------------------------------------------------------------- the machine around it
+
+OPEN_LISTENER = select_server.open_listener
+SETSOCKOPT = socket.socket.setsockopt
+
+
+def without_option(level: int, option: int, refuse: bool = False) -> tuple[object, str, object]:
+    """A replacement of socket.setsockopt that skips one option: quietly, or (refuse) with
+    the EINVAL that macOS gives."""
+
+    def setsockopt(sock: socket.socket, at: int, name: int, value: Any) -> None:
+        if (at, name) != (level, option):
+            SETSOCKOPT(sock, at, name, value)
+        elif refuse:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+    return (socket.socket, "setsockopt", setsockopt)
+
+
+def opening_after(take: Callable[[], object]) -> tuple[object, str, object]:
+    """A replacement of open_listener that first runs take() (which opens files)."""
+
+    def open_listener(host: str, port: int) -> socket.socket:
+        take()
+        return OPEN_LISTENER(host, port)
+
+    return (select_server, "open_listener", open_listener)
+
+
+def take_every_low_descriptor() -> None:
+    """As a parent that left descriptors 3 to 1023 open: the server's sockets land at
+    1024 and above, where select() cannot watch them."""
+    while os.open(os.devnull, os.O_RDONLY) < 1023:
+        pass
+
+
+def take_1010_descriptors() -> list[int]:
+    """As a careless parent: the server's sockets land just under FD_SETSIZE."""
+    return [os.open(os.devnull, os.O_RDONLY) for _ in range(1010)]
+
+
+def with_small_send_buffer(host: str, port: int) -> socket.socket:
+    """open_listener, with a 4 KiB kernel send buffer, which Linux copies into every
+    accepted socket: else the kernel would absorb a million 3-byte ACKs first."""
+    listener = OPEN_LISTENER(host, port)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    return listener
+
+
+def signal_on_announce(sig: signal.Signals) -> tuple[object, str, object]:
+    """A replacement of log(): the server sends itself sig the moment it says it listens,
+    before it reaches select(), earlier than any test could."""
+    log = select_server.log
+
+    def log_then_signal(message: str) -> None:
+        log(message)
+        if message.startswith("listening on"):
+            os.kill(os.getpid(), sig)
+
+    return (select_server, "log", log_then_signal)
+
+
+# ---------------------------------------------------------------- broken in its policy: these
+# replace the Server methods that decide what a client is owed and when it is given up, and
+# are the ones to retarget when those change.
+
+SERVER_CLASS = Server
+OWE, RELAY, SEND_SOME = Server.owe, Server.relay, Server.send_some
+
+
+def owe_at_the_write_step(server: Server, client: ClientState, data: bytes | memoryview) -> None:
+    """owe() that never sends at once: a reply waits for select() to say "writable"."""
+    if data and client.reading and not client.failure:
+        if not client.outbox:
+            server.outputs.append(client.fd)
+            server.start_clock(client)
+        client.outbox.append(data)
+        client.owed += len(data)
+
+
+def read_everyone(server: Server) -> tuple[list[int], int]:
+    """what_to_read() without back-pressure: every client is read, whatever it feeds."""
+    return server.inputs, server.settings.max_buffer
+
+
+def close_at_eof(server: Server, client: ClientState) -> None:
+    """hang_up() that closes the client at once, before it is sent what it is owed."""
+    server.drop(client, "closed by client")
+
+
+def relay_to_the_sender_too(server: Server, chunks: list[tuple[ClientState, bytes]]) -> None:
+    """relay(), and each sender is owed its own chunk back too."""
+    RELAY(server, chunks)
+    for sender, data in chunks:
+        server.owe(sender, data)
+
+
+def owe_reversed(server: Server, client: ClientState, data: bytes | memoryview) -> None:
+    """owe() of every chunk reversed: the bytes arrive, but not the right ones."""
+    OWE(server, client, bytes(data)[::-1])
+
+
+def owe_a_private_copy(server: Server, client: ClientState, data: bytes | memoryview) -> None:
+    """owe() of a copy of the chunk for this client alone (bytes() of a view is new)."""
+    OWE(server, client, bytes(memoryview(data)))
+
+
+def send_some_forgetting_the_rest(
+    server: Server, client: ClientState, data: bytes | memoryview
+) -> int | None:
+    """send_some() that says it sent all of data when send() took only part of it."""
+    return None if SEND_SOME(server, client, data) is None else len(data)
+
+
+def send_some_dropping_on_failure(
+    server: Server, client: ClientState, data: bytes | memoryview
+) -> int | None:
+    """send_some() that drops the client when send() fails, not reading what it sent."""
+    try:
+        return client.sock.send(data)
+    except BlockingIOError:
+        return 0
+    except OSError as error:
+        server.drop(client, select_server.failure_reason(error))
+        return None
+
+
+def why_by_dying(error: OSError) -> str:
+    """failure_reason() that raises the error instead: a reset kills the server, as in the seed."""
+    raise error
+
+
+SOL = socket.SOL_SOCKET
+CHANGES = {  # the machine around the server
+    "pretend-windows": Change(
+        "believes it runs on Windows (sys.platform win32, which it reads once)",
+        [(select_server, "WINDOWS", True), (select_server, "MOST_CLIENTS", 510)],
+    ),
+    "every-low-descriptor-taken": Change(
+        "starts with descriptors 3 to 1023 open", [opening_after(take_every_low_descriptor)]
+    ),
+    "1010-descriptors-taken": Change(
+        "starts with 1,010 files open", [opening_after(take_1010_descriptors)]
+    ),
+    "small-send-buffer": Change(
+        "every client socket has a 4 KiB send buffer",
+        [(select_server, "open_listener", with_small_send_buffer)],
+    ),
+    "nodelay-refused": Change(
+        "refused TCP_NODELAY, as macOS refuses it for a client that reset before accept()",
+        [without_option(socket.IPPROTO_TCP, socket.TCP_NODELAY, refuse=True)],
+    ),
+    "sigint-on-announce": Change("SIGINT at once", [signal_on_announce(signal.SIGINT)]),
+    "sigterm-on-announce": Change("SIGTERM at once", [signal_on_announce(signal.SIGTERM)]),
+}
+BROKEN = {  # mistakes of the seed's or a tutorial's; `python test_transcripts.py table`
+    "no-reuseaddr": Change("no SO_REUSEADDR", [without_option(SOL, socket.SO_REUSEADDR)]),
+    "ack-with-newline": Change('sends b"ACK\\n"', [(select_server, "ACK", b"ACK\n")]),
+    "echoes-to-sender": Change(
+        "relays a chunk to its sender too", [(SERVER_CLASS, "relay", relay_to_the_sender_too)]
+    ),
+    "closes-at-eof": Change(
+        "closes a client at its EOF, before it is sent what it is owed",
+        [(SERVER_CLASS, "hang_up", close_at_eof)],
+    ),
+    "closes-before-paying": Change(
+        "the seed's pitfall 2: a reply waits for the write step, a client is read while "
+        "its ACK waits, and closed at its EOF before it is sent what it is owed",
+        [
+            (SERVER_CLASS, "owe", owe_at_the_write_step),
+            (SERVER_CLASS, "what_to_read", read_everyone),
+            (SERVER_CLASS, "hang_up", close_at_eof),
+        ],
+    ),
+    "no-oobinline": Change("no SO_OOBINLINE", [without_option(SOL, socket.SO_OOBINLINE)]),
+    "no-back-pressure": Change(
+        "reads senders always", [(SERVER_CLASS, "what_to_read", read_everyone)]
+    ),
+    "no-fd-setsize-check": Change("no FD_SETSIZE check", [(select_server, "FD_SETSIZE", 1 << 30)]),
+    "no-emfile-pause": Change("no pause on EMFILE", [(select_server, "OUT_OF_RESOURCES", set())]),
+    "drops-rest-of-send": Change(
+        "drops the rest of a partial send",
+        [(SERVER_CLASS, "send_some", send_some_forgetting_the_rest)],
+    ),
+    "failed-send-forgets": Change(
+        "forgets a client whose send() failed, without reading it",
+        [(SERVER_CLASS, "send_some", send_some_dropping_on_failure)],
+    ),
+    "copy-per-client": Change(
+        "a private copy of each chunk per client", [(SERVER_CLASS, "owe", owe_a_private_copy)]
+    ),
+    "no-tcp-nodelay": Change(
+        "no TCP_NODELAY", [without_option(socket.IPPROTO_TCP, socket.TCP_NODELAY)]
+    ),
+    "reset-kills-server": Change(
+        "dies at a reset, as the seed did", [(select_server, "failure_reason", why_by_dying)]
+    ),
+    "reversing-relay": Change("relays every chunk reversed", [(SERVER_CLASS, "owe", owe_reversed)]),
+}
+CHANGES.update(BROKEN)
+
+
+def table_main() -> int:
+    """`python test_transcripts.py table`: run every test against each broken server
+    ($BROKEN_SERVER set) and say which fail. Some minutes."""
+    for name, change in BROKEN.items():
+        command = [sys.executable, "-m", "pytest", "-qrf", "-n2", "--dist=loadgroup", __file__]
+        env = {**os.environ, BROKEN_SERVER: name}
+        result = subprocess.run(command, env=env, capture_output=True, text=True)
+        failed = re.findall(r"^FAILED \S+::(\S+)", result.stdout, re.M)
+        print(f"{name} ({change.does}): {len(failed)} failed", *failed, sep="\n    ", flush=True)
+    return 0
+
+
+# A changed server (`python test_transcripts.py server NAME ...`) needs nothing below: it
+# stops here, before the test tools are imported, and so starts in a tenth of the time.
+if __name__ == "__main__" and sys.argv[1:2] == ["server"]:
+    sys.exit(run_changed_server(sys.argv[2:]))
+
+# The test tools, imported only past the line above (so ruff's "imports at the top" is off):
+# ruff: noqa: E402
+import pexpect
+import pytest
+from hypothesis import Verbosity, assume, given, settings
+from hypothesis import strategies as st
+from hypothesis.errors import Flaky
+from pexpect.popen_spawn import PopenSpawn
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
+# The load tests (most of the README's rules and "Case by case"): make test runs them one
+# after another on one pytest-xdist worker, so that no load test slows down a timing test.
+load = pytest.mark.xdist_group("load")
+
+
+def has_ipv6_loopback() -> bool:
+    try:
+        with socket.create_server(("::1", 0), family=socket.AF_INET6):
+            return True
+    except OSError:
+        return False
+
+
+needs_ipv6_loopback = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback")
+
+
+# ================================================================ 3. a server, and its clients
 
 LISTENING = re.compile(r"listening on (?:\[(?P<v6>[^\]]+)\]|(?P<v4>[^\s:]+)):(?P<port>\d+)")
-BROKEN_SERVER = "BROKEN_SERVER"  # names changes that every server of every test gets
 
 
 def with_broken(changes: Sequence[str]) -> list[str]:
@@ -528,263 +793,6 @@ def raise_own_nofile_limit(at_least: int) -> None:
         if hard != resource.RLIM_INFINITY and hard < at_least:
             pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {at_least}")
         resource.setrlimit(resource.RLIMIT_NOFILE, (at_least, hard))
-
-
-# ================================================================ 3. servers changed on purpose
-
-# The one way to change the server, for a test that needs another machine or a server with
-# a mistake in it: a Change replaces attributes of select_server (or of the socket module)
-# with the real functions below. `python test_transcripts.py server NAME[,NAME] MODE ...`
-# runs select_server.main() so changed (server_command() builds that command line), and
-# server_in_this_process() applies them here. Nothing reads or edits the server's text.
-
-
-@dataclass(frozen=True)
-class Change:
-    """What a changed server does differently, and the (object, attribute, replacement)
-    triples that make it so."""
-
-    does: str
-    replacements: list[tuple[object, str, object]]
-
-
-@contextlib.contextmanager
-def changed(names: Sequence[str]) -> Iterator[None]:
-    """Apply the changes of these names (see CHANGES), and undo them at the end."""
-    with contextlib.ExitStack() as stack:
-        for name in names:
-            for target, attribute, new in CHANGES[name].replacements:
-                stack.enter_context(mock.patch.object(target, attribute, new))
-        yield
-
-
-def run_changed_server(argv: list[str]) -> int:
-    """`server NAME[,NAME] MODE [ARGS]`: select_server.main(), changed; `server --list`."""
-    if argv[:1] in ([], ["--list"]):
-        for name, change in CHANGES.items():
-            print(f"{name:26} {change.does}")
-        return 0
-    unknown = [name for name in argv[0].split(",") if name not in CHANGES]
-    if unknown:
-        print(f"no such changed server: {', '.join(unknown)} (see: server --list)", file=sys.stderr)
-        return 2
-    sys.argv[0] = str(SERVER)  # so that argparse calls itself select_server.py
-    with changed(argv[0].split(",")):
-        return select_server.main(argv[1:])
-
-
-# ---------------------------------------------------------------- the machine around it
-
-OPEN_LISTENER = select_server.open_listener
-SETSOCKOPT = socket.socket.setsockopt
-
-
-def without_option(level: int, option: int, refuse: bool = False) -> tuple[object, str, object]:
-    """A replacement of socket.setsockopt that skips one option: quietly, or (refuse) with
-    the EINVAL that macOS gives."""
-
-    def setsockopt(sock: socket.socket, at: int, name: int, value: Any) -> None:
-        if (at, name) != (level, option):
-            SETSOCKOPT(sock, at, name, value)
-        elif refuse:
-            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-
-    return (socket.socket, "setsockopt", setsockopt)
-
-
-def opening_after(take: Callable[[], object]) -> tuple[object, str, object]:
-    """A replacement of open_listener that first runs take() (which opens files)."""
-
-    def open_listener(host: str, port: int) -> socket.socket:
-        take()
-        return OPEN_LISTENER(host, port)
-
-    return (select_server, "open_listener", open_listener)
-
-
-def take_every_low_descriptor() -> None:
-    """As a parent that left descriptors 3 to 1023 open: the server's sockets land at
-    1024 and above, where select() cannot watch them."""
-    while os.open(os.devnull, os.O_RDONLY) < 1023:
-        pass
-
-
-def take_1010_descriptors() -> list[int]:
-    """As a careless parent: the server's sockets land just under FD_SETSIZE."""
-    return [os.open(os.devnull, os.O_RDONLY) for _ in range(1010)]
-
-
-def with_small_send_buffer(host: str, port: int) -> socket.socket:
-    """open_listener, with a 4 KiB kernel send buffer, which Linux copies into every
-    accepted socket: else the kernel would absorb a million 3-byte ACKs first."""
-    listener = OPEN_LISTENER(host, port)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    return listener
-
-
-def signal_on_announce(sig: signal.Signals) -> tuple[object, str, object]:
-    """A replacement of log(): the server sends itself sig the moment it says it listens,
-    before it reaches select(), earlier than any test could."""
-    log = select_server.log
-
-    def log_then_signal(message: str) -> None:
-        log(message)
-        if message.startswith("listening on"):
-            os.kill(os.getpid(), sig)
-
-    return (select_server, "log", log_then_signal)
-
-
-# ---------------------------------------------------------------- broken in its policy: these
-# replace the Server methods that decide what a client is owed and when it is given up, and
-# are the ones to retarget when those change.
-
-SERVER_CLASS = Server
-OWE, RELAY, SEND_SOME = Server.owe, Server.relay, Server.send_some
-
-
-def owe_at_the_write_step(server: Server, client: ClientState, data: bytes | memoryview) -> None:
-    """owe() that never sends at once: a reply waits for select() to say "writable"."""
-    if data and client.reading and not client.failure:
-        if not client.outbox:
-            server.outputs.append(client.fd)
-            server.start_clock(client)
-        client.outbox.append(data)
-        client.owed += len(data)
-
-
-def read_everyone(server: Server) -> tuple[list[int], int]:
-    """what_to_read() without back-pressure: every client is read, whatever it feeds."""
-    return server.inputs, server.settings.max_buffer
-
-
-def close_at_eof(server: Server, client: ClientState) -> None:
-    """hang_up() that closes the client at once, before it is sent what it is owed."""
-    server.drop(client, "closed by client")
-
-
-def relay_to_the_sender_too(server: Server, chunks: list[tuple[ClientState, bytes]]) -> None:
-    """relay(), and each sender is owed its own chunk back too."""
-    RELAY(server, chunks)
-    for sender, data in chunks:
-        server.owe(sender, data)
-
-
-def owe_reversed(server: Server, client: ClientState, data: bytes | memoryview) -> None:
-    """owe() of every chunk reversed: the bytes arrive, but not the right ones."""
-    OWE(server, client, bytes(data)[::-1])
-
-
-def owe_a_private_copy(server: Server, client: ClientState, data: bytes | memoryview) -> None:
-    """owe() of a copy of the chunk for this client alone (bytes() of a view is new)."""
-    OWE(server, client, bytes(memoryview(data)))
-
-
-def send_some_forgetting_the_rest(
-    server: Server, client: ClientState, data: bytes | memoryview
-) -> int | None:
-    """send_some() that says it sent all of data when send() took only part of it."""
-    return None if SEND_SOME(server, client, data) is None else len(data)
-
-
-def send_some_dropping_on_failure(
-    server: Server, client: ClientState, data: bytes | memoryview
-) -> int | None:
-    """send_some() that drops the client when send() fails, not reading what it sent."""
-    try:
-        return client.sock.send(data)
-    except BlockingIOError:
-        return 0
-    except OSError as error:
-        server.drop(client, select_server.failure_reason(error))
-        return None
-
-
-def why_by_dying(error: OSError) -> str:
-    """failure_reason() that raises the error instead: a reset kills the server, as in the seed."""
-    raise error
-
-
-SOL = socket.SOL_SOCKET
-CHANGES = {  # the machine around the server
-    "pretend-windows": Change(
-        "believes it runs on Windows (sys.platform win32, which it reads once)",
-        [(select_server, "WINDOWS", True), (select_server, "MOST_CLIENTS", 510)],
-    ),
-    "every-low-descriptor-taken": Change(
-        "starts with descriptors 3 to 1023 open", [opening_after(take_every_low_descriptor)]
-    ),
-    "1010-descriptors-taken": Change(
-        "starts with 1,010 files open", [opening_after(take_1010_descriptors)]
-    ),
-    "small-send-buffer": Change(
-        "every client socket has a 4 KiB send buffer",
-        [(select_server, "open_listener", with_small_send_buffer)],
-    ),
-    "nodelay-refused": Change(
-        "refused TCP_NODELAY, as macOS refuses it for a client that reset before accept()",
-        [without_option(socket.IPPROTO_TCP, socket.TCP_NODELAY, refuse=True)],
-    ),
-    "sigint-on-announce": Change("SIGINT at once", [signal_on_announce(signal.SIGINT)]),
-    "sigterm-on-announce": Change("SIGTERM at once", [signal_on_announce(signal.SIGTERM)]),
-}
-BROKEN = {  # mistakes of the seed's or a tutorial's; `python test_transcripts.py table`
-    "no-reuseaddr": Change("no SO_REUSEADDR", [without_option(SOL, socket.SO_REUSEADDR)]),
-    "ack-with-newline": Change('sends b"ACK\\n"', [(select_server, "ACK", b"ACK\n")]),
-    "echoes-to-sender": Change(
-        "relays a chunk to its sender too", [(SERVER_CLASS, "relay", relay_to_the_sender_too)]
-    ),
-    "closes-at-eof": Change(
-        "closes a client at its EOF, before it is sent what it is owed",
-        [(SERVER_CLASS, "hang_up", close_at_eof)],
-    ),
-    "closes-before-paying": Change(
-        "the seed's pitfall 2: a reply waits for the write step, a client is read while "
-        "its ACK waits, and closed at its EOF before it is sent what it is owed",
-        [
-            (SERVER_CLASS, "owe", owe_at_the_write_step),
-            (SERVER_CLASS, "what_to_read", read_everyone),
-            (SERVER_CLASS, "hang_up", close_at_eof),
-        ],
-    ),
-    "no-oobinline": Change("no SO_OOBINLINE", [without_option(SOL, socket.SO_OOBINLINE)]),
-    "no-back-pressure": Change(
-        "reads senders always", [(SERVER_CLASS, "what_to_read", read_everyone)]
-    ),
-    "no-fd-setsize-check": Change("no FD_SETSIZE check", [(select_server, "FD_SETSIZE", 1 << 30)]),
-    "no-emfile-pause": Change("no pause on EMFILE", [(select_server, "OUT_OF_RESOURCES", set())]),
-    "drops-rest-of-send": Change(
-        "drops the rest of a partial send",
-        [(SERVER_CLASS, "send_some", send_some_forgetting_the_rest)],
-    ),
-    "failed-send-forgets": Change(
-        "forgets a client whose send() failed, without reading it",
-        [(SERVER_CLASS, "send_some", send_some_dropping_on_failure)],
-    ),
-    "copy-per-client": Change(
-        "a private copy of each chunk per client", [(SERVER_CLASS, "owe", owe_a_private_copy)]
-    ),
-    "no-tcp-nodelay": Change(
-        "no TCP_NODELAY", [without_option(socket.IPPROTO_TCP, socket.TCP_NODELAY)]
-    ),
-    "reset-kills-server": Change(
-        "dies at a reset, as the seed did", [(select_server, "failure_reason", why_by_dying)]
-    ),
-    "reversing-relay": Change("relays every chunk reversed", [(SERVER_CLASS, "owe", owe_reversed)]),
-}
-CHANGES.update(BROKEN)
-
-
-def table_main() -> int:
-    """`python test_transcripts.py table`: run every test against each broken server
-    ($BROKEN_SERVER set) and say which fail. Some minutes."""
-    for name, change in BROKEN.items():
-        command = [sys.executable, "-m", "pytest", "-qrf", "-n2", "--dist=loadgroup", __file__]
-        env = {**os.environ, BROKEN_SERVER: name}
-        result = subprocess.run(command, env=env, capture_output=True, text=True)
-        failed = re.findall(r"^FAILED \S+::(\S+)", result.stdout, re.M)
-        print(f"{name} ({change.does}): {len(failed)} failed", *failed, sep="\n    ", flush=True)
-    return 0
 
 
 # ================================================================ 4. replaying and recording
@@ -1131,9 +1139,13 @@ def find_python(version: str) -> str | None:
     return None
 
 
-@pytest.mark.parametrize("version", PYTHON_VERSIONS)
+# This test's own CPython replays them as test_transcript does: not twice.
+THIS_VERSION = f"{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+@pytest.mark.parametrize("version", [v for v in PYTHON_VERSIONS if v != THIS_VERSION])
 def test_every_transcript_on_cpython(version: str) -> None:
-    """On each CPython from 3.8, every transcript receives exactly what it says."""
+    """On each other CPython from 3.8, every transcript receives exactly what it says."""
     python = find_python(version)
     if python is None:
         pytest.skip(f"no CPython {version} on this machine")
@@ -1147,7 +1159,7 @@ def test_every_transcript_on_cpython(version: str) -> None:
 
 def pythons_main() -> int:
     """`python test_transcripts.py pythons`: say which CPythons the transcripts run on."""
-    found = {version: find_python(version) for version in PYTHON_VERSIONS}
+    found = {v: sys.executable if v == THIS_VERSION else find_python(v) for v in PYTHON_VERSIONS}
     ran = ", ".join(f"{version} ({path})" for version, path in found.items() if path)
     missing = ", ".join(version for version, path in found.items() if not path)
     print(f"transcripts run on CPython {ran}; not on this machine: {missing or 'none'}")

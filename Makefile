@@ -14,7 +14,7 @@ test: venv
 	$(BIN)/ruff format --check --line-length 100 $(SOURCES)
 	$(BIN)/mypy --strict $(SOURCES)
 	@$(BIN)/python test_transcripts.py pythons
-	$(BIN)/pytest -q -p no:cacheprovider -rs -n 2 --dist loadgroup test_transcripts.py
+	$(BIN)/pytest -q -p no:cacheprovider -rs -n 3 --dist loadgroup test_transcripts.py
 
 ack broadcast:
 	$(PYTHON) select_server.py $@ --port $(PORT)

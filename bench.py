@@ -2,7 +2,7 @@
 """Measure select_server.py over loopback, and optionally other servers side by side.
 
     python bench.py                      # every row: about two minutes
-    python bench.py --smoke              # four tiny rows in about 3 s (for a test)
+    python bench.py --smoke              # four tiny rows in about 2 s (for a test)
     python bench.py --against asyncio    # and the asyncio server below, row by row
     python bench.py --against 'python other_server.py {mode}' --against asyncio
     python bench.py --rows 'broadcast|memory' --seconds 5 --warmup 2
@@ -1572,7 +1572,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--workers", type=int, choices=(1, 2), default=1, help="for ack rows")
     parser.add_argument(
-        "--smoke", action="store_true", help="four tiny rows: --seconds 0.3 --warmup 0.1"
+        "--smoke", action="store_true", help="four tiny rows: --seconds 0.2 --warmup 0.05"
     )
     parser.add_argument(
         "--serve-asyncio",
@@ -1594,7 +1594,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     if args.smoke:
-        args.seconds, args.warmup = 0.3, 0.1
+        args.seconds, args.warmup = 0.2, 0.05
     return args
 
 

@@ -767,9 +767,9 @@ def idle_cpu_seconds(server: ServerProcess, seconds: float = 0.3) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def peak_memory_mb(pid: int) -> float:
-    """The most resident memory the process has used (VmHWM), in MB."""
-    match = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+def peak_memory_mb(pid: int, field: str = "VmHWM") -> float:
+    """The most resident memory the process has used (VmHWM), or uses now (VmRSS), in MB."""
+    match = re.search(rf"{field}:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
     assert match is not None
     return int(match[1]) / 1024
 
@@ -1673,13 +1673,6 @@ def test_hung_up_client_over_its_limit_holds_up_no_one(start_server: StartServer
 CROWD = 200  # clients that send at the same moment
 
 
-def resident_memory_mb(pid: int) -> float:
-    """The resident memory the process uses now (VmRSS), in MB."""
-    match = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
-    assert match is not None
-    return int(match[1]) / 1024
-
-
 def crowd_sends_at_once(
     server: ServerProcess, messages: list[bytes], close: bool, take: Callable[[int, bytes], None]
 ) -> float:
@@ -1690,7 +1683,7 @@ def crowd_sends_at_once(
     copies of 200 messages would cost memory and time). Return the server's growth, MB."""
     raise_own_nofile_limit(len(messages) + 100)
     crowd = [client.sock for client in connect(server, len(messages))]
-    before = resident_memory_mb(server.pid)
+    before = peak_memory_mb(server.pid, "VmRSS")
     expected = sum(len(message) for message in messages)
     counts = dict.fromkeys(range(len(crowd)), 0)
     unsent = {index: memoryview(message) for index, message in enumerate(messages)}

@@ -3066,7 +3066,7 @@ def free_port() -> int:
 
 def reachable(host: str) -> str:
     """Where to connect to a server that listens on host: loopback for 'any address'."""
-    return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
 
 
 # Connection states (include/net/tcp_states.h), and what asks the kernel for its TCP sockets

@@ -2974,16 +2974,12 @@ class CommandServer(ServerProcess):
         # session of its own, so that a signal to its process group reaches all it starts.
         self.start(["/bin/sh", "-c", line], dict(os.environ), os.setsid)
         self.spins = False  # it did not go back to sleep: stop waiting for that
-        try:
-            self.host, self.port = self.find(port, port_given="{port}" in command)
-        except StartError:
-            self.kill()
-            raise
+        self.host, self.port = self.find(port, port_given="{port}" in command)
         self.group = process_group(self.pid)  # its processes, to see when they sleep
 
     def find(self, port: int, port_given: bool) -> tuple[str, int]:
-        """Wait (bounded: WAIT) for a 'listening on HOST:PORT' line, or for {port} to
-        listen; fail at once, saying so, if the server exits first."""
+        """Wait (bounded: WAIT) for a 'listening on HOST:PORT' line, or for {port} to listen;
+        if the server exits first, or never listens, kill it and fail, saying which."""
         deadline = time.monotonic() + WAIT
         while time.monotonic() < deadline:
             for line in self.new_lines():
@@ -2994,19 +2990,20 @@ class CommandServer(ServerProcess):
             if status is not None:
                 with contextlib.suppress(pexpect.TIMEOUT, pexpect.EOF):
                     self.child.expect(pexpect.EOF, timeout=WAIT)  # for its last words
-                raise self.start_error(f"the server exited with status {status} before it listened")
+                raise self.not_started(f"the server exited with status {status} before it listened")
             host = listening_host(port) if port_given else None
             if host is not None:
                 return host, port
             time.sleep(0.01)  # a port that begins to listen sends no word: ask again
         where = "on the port put in {port}" if port_given else "(no {port} in the command)"
-        raise self.start_error(
+        raise self.not_started(
             f"the server did not listen within {WAIT} s: it printed no 'listening on "
             f"HOST:PORT' line, and nothing listens {where}"
         )
 
-    def start_error(self, why: str) -> StartError:
-        """why the server did not start, and the last line it printed."""
+    def not_started(self, why: str) -> StartError:
+        """Kill the server; the error says why it did not start, and the last line it printed."""
+        self.kill()
         lines = [line for line in self.output.getvalue().splitlines() if line.strip()]
         last = f"its last line: {lines[-1]!r}" if lines else "it printed nothing"
         return StartError(f"{why}; {last}")

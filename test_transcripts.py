@@ -3241,6 +3241,7 @@ def generated_result(
     )
     @given(sessions(modes))
     def replay_generated(session: tuple[str, list[Action]]) -> None:
+        """Replay one session against command, keeping it if it fails, until deadline."""
         nonlocal ran, deadline, start_failure
         if time.monotonic() > deadline:
             raise OutOfTime
@@ -3304,8 +3305,7 @@ def check_main(argv: list[str]) -> int:
         return 1
 
 
-# The tests of make check: it passes our server, and fails each broken server (see
-# "servers changed on purpose") on exactly the transcripts that show its mistake.
+# The tests of make check, with the broken servers of "servers changed on purpose".
 
 
 def transcripts_with(mode: str, verb: str) -> set[str]:

@@ -2947,8 +2947,6 @@ def test_bench_smoke_run_fails_when_relayed_bytes_are_wrong() -> None:
 # ================================================================ 10. make check: any server,
 # ================================================================     on the wire (a tool)
 
-# Any server, started from a command line, found where it listens, and waited for.
-
 CHECK_WAIT = 2.0  # seconds: the most one expectation waits when checking another server
 STOP_WAIT = 1.0  # seconds another server has to exit on SIGINT before it is killed
 STILL_RUNNING = "gone back to sleep (does its loop spin?)"
@@ -2969,16 +2967,12 @@ class CommandServer(ServerProcess):
         # session of its own, so that a signal to its process group reaches all it starts.
         self.start(["/bin/sh", "-c", line], dict(os.environ), os.setsid)
         self.spins = False  # it did not go back to sleep: stop waiting for that
-        try:
-            self.host, self.port = self.find(port, port_given="{port}" in command)
-        except StartError:
-            self.kill()
-            raise
+        self.host, self.port = self.find(port, port_given="{port}" in command)
         self.group = process_group(self.pid)  # its processes, to see when they sleep
 
     def find(self, port: int, port_given: bool) -> tuple[str, int]:
-        """Wait (bounded: WAIT) for a 'listening on HOST:PORT' line, or for {port} to
-        listen; fail at once, saying so, if the server exits first."""
+        """Wait (bounded: WAIT) for a 'listening on HOST:PORT' line, or for {port} to listen;
+        if the server exits first, or never listens, kill it and fail, saying which."""
         deadline = time.monotonic() + WAIT
         while time.monotonic() < deadline:
             for line in self.new_lines():
@@ -2989,28 +2983,28 @@ class CommandServer(ServerProcess):
             if status is not None:
                 with contextlib.suppress(pexpect.TIMEOUT, pexpect.EOF):
                     self.child.expect(pexpect.EOF, timeout=WAIT)  # for its last words
-                raise self.start_error(f"the server exited with status {status} before it listened")
+                raise self.not_started(f"the server exited with status {status} before it listened")
             host = listening_host(port) if port_given else None
             if host is not None:
                 return host, port
             time.sleep(0.01)  # a port that begins to listen sends no word: ask again
         where = "on the port put in {port}" if port_given else "(no {port} in the command)"
-        raise self.start_error(
+        raise self.not_started(
             f"the server did not listen within {WAIT} s: it printed no 'listening on "
             f"HOST:PORT' line, and nothing listens {where}"
         )
 
-    def start_error(self, why: str) -> StartError:
-        """why the server did not start, and the last line it printed."""
+    def not_started(self, why: str) -> StartError:
+        """Kill the server; the error says why it did not start, and the last line it printed."""
+        self.kill()
         lines = [line for line in self.output.getvalue().splitlines() if line.strip()]
         last = f"its last line: {lines[-1]!r}" if lines else "it printed nothing"
         return StartError(f"{why}; {last}")
 
     def wait_until_settled(self, client_ports: list[int], wait: float) -> str:
-        """Wait (bounded) until the kernel shows (Linux) that the server has taken in all
-        that the clients on these ports did, and gone back to sleep: the barrier our log
-        lines are, so that the next action cannot overtake the last. Return "" once it
-        has, else what it has still not done. Elsewhere: a short pause."""
+        """Wait (bounded) until the kernel shows that the server has taken in what the clients on
+        these ports did and gone back to sleep (Linux; elsewhere, a pause); return what it has
+        still not done, or ""."""
         if not sys.platform.startswith("linux"):
             time.sleep(QUIET)  # nothing to ask, only time to give
             return ""
@@ -3044,8 +3038,7 @@ class CommandServer(ServerProcess):
         return ""
 
     def kill(self) -> None:
-        """Close the clients, and end the server without judging how: SIGINT to its
-        process group, and SIGKILL to whatever is left STOP_WAIT seconds later."""
+        """Close the clients and end the server's process group, not judging how it exits."""
         for client in self.clients:
             client.sock.close()
         for sig in (signal.SIGINT, signal.SIGKILL):
@@ -3063,7 +3056,7 @@ def free_port() -> int:
 
 def reachable(host: str) -> str:
     """Where to connect to a server that listens on host: loopback for 'any address'."""
-    return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
 
 
 # Connection states (include/net/tcp_states.h), and what asks the kernel for its TCP sockets
@@ -3162,16 +3155,14 @@ MODES_OF = {"server": ("ack", "broadcast"), "ack": ("ack",), "broadcast": ("broa
 
 
 class OutOfTime(BaseException):
-    """Ends hypothesis's search at once. Not an Exception, so that hypothesis does not
-    take it for a failure of the session to shrink."""
+    """Ends hypothesis's search at once: as an Exception, it would be a failure to shrink."""
 
 
 def check(
     commands: list[tuple[str, tuple[str, ...]]], examples: int, say: Callable[[str], None]
 ) -> int:
-    """Check servers, each (command, modes) against the transcripts of its modes and
-    generated sessions; say each result as soon as it is known, as README.md shows.
-    Return the exit status: 0 only when all passed."""
+    """Check each (command, modes) against its modes' transcripts and generated sessions, saying
+    each result once known, as README.md shows; return 0 only when all passed."""
     started = time.monotonic()
     passes: list[bool] = []
     noted: set[str] = set()  # each note is said once
@@ -3221,15 +3212,15 @@ def transcripts_of(modes: Sequence[str]) -> list[Transcript]:
 
 
 def generated_name(modes: tuple[str, ...]) -> str:
+    """The report's name for the generated sessions of these modes."""
     return f"generated sessions ({' and '.join(modes)})"
 
 
 def generated_result(
     command: str, modes: tuple[str, ...], examples: int, deadline: float
 ) -> tuple[str, str | None, list[str]]:
-    """Replay generated sessions against command, compared with the model. On a failure
-    hypothesis shrinks the session until deadline (at most SHRINK_SECONDS); the
-    difference ends with the smallest failing one, as a transcript to save."""
+    """Generated sessions against command, as the model predicts; a failing one, shrunk until
+    deadline (at most SHRINK_SECONDS), ends the difference as a transcript to save."""
     failures: list[tuple[tuple[int, int], str, TranscriptError]] = []  # (size, text, error)
     ran, start_failure = 0, ""
 
@@ -3243,6 +3234,7 @@ def generated_result(
     )
     @given(sessions(modes))
     def replay_generated(session: tuple[str, list[Action]]) -> None:
+        """Replay one session against command, keeping it if it fails, until deadline."""
         nonlocal ran, deadline, start_failure
         if time.monotonic() > deadline:
             raise OutOfTime
@@ -3306,8 +3298,7 @@ def check_main(argv: list[str]) -> int:
         return 1
 
 
-# The tests of make check: it passes our server, and fails each broken server (see
-# "servers changed on purpose") on exactly the transcripts that show its mistake.
+# The tests of make check, with the broken servers of "servers changed on purpose".
 
 
 def transcripts_with(mode: str, verb: str) -> set[str]:
@@ -3329,8 +3320,7 @@ def check_command_line(changes: Sequence[str] = ()) -> str:
 
 
 def without_slowness_notes(line: str) -> str:
-    """A report's line without its note if all it notes is that something took long (a
-    busy machine does that: no failure), else as it is."""
+    """A report's line without its note if all it notes is slowness (a busy machine's)."""
     result, _, note = line.partition(" (note: ")
     slow = all(re.search(r"(waited|came after) [\d.]+ s", part) for part in note.split("; "))
     return result if note and slow else line
@@ -3368,7 +3358,7 @@ def test_check_fails_each_broken_server_on_exactly_the_transcripts_that_show_it(
     that show that mistake, each on one line with what was expected and what arrived.
     Against the one that answers b"ACK\n", the generated sessions fail too, with the
     session, shrunk, as a transcript: it passes against our server and fails against
-    that one. (The checks run side by side.)"""
+    that one."""
     monkeypatch.setattr(sys.modules[__name__], "CHECK_WAIT", 1.0)  # a missing byte: sooner
     monkeypatch.setattr(sys.modules[__name__], "SHRINK_SECONDS", 1.0)
     command = check_command_line(["ack-with-newline"])

@@ -3012,7 +3012,7 @@ class CommandServer(ServerProcess):
         while self.child.proc.poll() is None:  # once it has exited, the next step says so
             still = self.unsettled(client_ports)
             if not still or time.monotonic() > deadline:
-                self.spins = still == STILL_RUNNING
+                self.spins = self.spins or still == STILL_RUNNING  # for good: it spins
                 return still
             time.sleep(0.001)
         return ""

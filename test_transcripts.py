@@ -2496,18 +2496,21 @@ def test_restart_on_the_same_port_works_at_once(start_server: StartServer) -> No
     assert start_server("ack", port=first.port).port == first.port
 
 
-MAX_ON_WINDOWS = "--max-clients must be between 1 and 510"
+def assert_serves_510_as_on_windows(start_server: StartServer, wait: float, **how: Any) -> None:
+    """510 clients are served (with the listening and wake-up sockets, the 512 one select()
+    list holds on Windows), and 50 more wait; --max-clients 511 is a usage error."""
+    raise_own_nofile_limit(700)
+    too_many = run_server("ack", "--max-clients", "511", **how)
+    assert_usage_error(too_many, "--max-clients must be between 1 and 510")
+    assert_served_up_to(start_server("ack", "--quiet", **how), 510, 50, wait)
 
 
 @linux_only
 def test_on_windows_510_clients_are_served_and_the_rest_wait(start_server: StartServer) -> None:
-    """Pretending to be Windows: 510 clients are served (with the listening and wake-up
-    sockets, the 512 one select() list may hold), and 50 more wait; 511 is a usage error."""
-    raise_own_nofile_limit(700)
-    windows = ["pretend-windows"]
-    assert_usage_error(run_server("ack", "--max-clients", "511", changes=windows), MAX_ON_WINDOWS)
-    server = start_server("ack", "--quiet", changes=windows, preexec_fn=nofile_limit(1024))
-    assert_served_up_to(server, 510, 50, 3 * WAIT)
+    """Linux's CPython, told it is on Windows: 510 clients served, 50 waiting, 511 refused."""
+    assert_serves_510_as_on_windows(
+        start_server, 3 * WAIT, changes=["pretend-windows"], preexec_fn=nofile_limit(1024)
+    )
 
 
 def test_accepted_sockets_send_small_chunks_at_once() -> None:
@@ -2649,13 +2652,8 @@ def test_bad_arguments_give_usage_and_status_2_under_wine(python: str, args: lis
 def test_510_clients_are_served_and_the_rest_wait_under_wine(
     python: str, start_server: StartServer
 ) -> None:
-    """On Windows CPython 510 clients are served (with the listening and wake-up sockets,
-    the 512 the real select.pyd takes in one list), and 50 more wait; 511 is a usage error."""
-    raise_own_nofile_limit(700)
-    too_many = run_server("ack", "--max-clients", "511", interpreter=[python])
-    assert_usage_error(too_many, MAX_ON_WINDOWS)
-    server = start_server("ack", "--quiet", interpreter=[python])
-    assert_served_up_to(server, 510, 50, WINE_WAIT)
+    """On Windows CPython (the real select.pyd): 510 clients served, 50 waiting, 511 refused."""
+    assert_serves_510_as_on_windows(start_server, WINE_WAIT, interpreter=[python])
 
 
 # ---------------------------------------------------------------- the README stays true

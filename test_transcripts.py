@@ -2564,10 +2564,8 @@ def test_readme_client_outlives_the_server_without_a_traceback(start_server: Sta
 
 # ---------------------------------------------------------------- Windows, under Wine
 
-# `make test-windows` runs the tests named *_under_wine on the Windows build of CPython
-# (the embeddable one from python.org, 3.8 and 3.13), under Wine on this Linux machine.
-# WINDOWS_PYTHONS names a command for each, a script that runs python.exe under Wine and
-# takes the same arguments as python; without it these tests are skipped.
+# `make test-windows` runs the tests named *_under_wine on each Windows CPython that
+# WINDOWS_PYTHONS names: a script that runs its python.exe under Wine, as python is run.
 WINE_WAIT = 6 * WAIT  # seconds: CPython under Wine starts slowly
 
 
@@ -2591,11 +2589,9 @@ windows_pythons = pytest.mark.parametrize(
     "python", list(WINDOWS_PYTHONS.values()), ids=list(WINDOWS_PYTHONS)
 )
 
-# Where Wine 8.0 differs from Windows: after a client's reset, Windows' recv() raises
-# WSAECONNRESET (ConnectionResetError), Wine's returns b"": wineserver, polling the socket
-# for select(), reads the pending error with getsockopt(SO_ERROR) (sock_error() in its
-# server/sock.c), which on Linux clears it. Later Wine keeps it; then these must go.
-# Each transcript's entry is the client whose reset Wine's recv() reads as a plain EOF.
+# Wine 8.0's recv() returns b"" after a reset, where Windows' raises ConnectionResetError
+# (README.md says why; later Wine keeps the reset: then these must go). Each transcript's entry
+# is the client whose reset Wine reads as a plain EOF.
 WINE_DIFFERS = {"ack_reset_others_unaffected": "bob", "broadcast_reset_others_unaffected": "carol"}
 
 

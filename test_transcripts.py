@@ -847,6 +847,7 @@ class Session:
         self.notes.append(f"line {step.lineno} `{step.text}` {text}")
 
     def client(self, step: Step) -> Client:
+        """The client that step names, which must have connected."""
         if step.actor not in self.clients:
             raise TranscriptError(f"{self.transcript.name}:{step.lineno}: no {step.actor} yet")
         return self.clients[step.actor]
@@ -971,6 +972,7 @@ class Session:
             raise self.fail(None, "no more server lines", repr(extra_lines))
 
     def close(self) -> None:
+        """Close every client, and kill the server."""
         for client in self.clients.values():
             client.close()
         self.server.kill()
@@ -2406,8 +2408,7 @@ def test_bad_arguments_give_usage_and_status_2(args: list[str]) -> None:
     ids=["port-in-use", "unknown-host", "not-a-host"],
 )
 def test_cannot_listen_gives_one_line_and_status_1(host: str, ending: str) -> None:
-    """A port in use, or a host name that does not resolve (or is no name at all), gives
-    one line on stderr, not a traceback, and exit status 1."""
+    """A port in use, or a host name that does not resolve or is no name: one stderr line."""
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         result = run_server("ack", "--host", host, "--port", str(port))

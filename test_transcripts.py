@@ -847,6 +847,7 @@ class Session:
         self.notes.append(f"line {step.lineno} `{step.text}` {text}")
 
     def client(self, step: Step) -> Client:
+        """The client that step names, which must have connected."""
         if step.actor not in self.clients:
             raise TranscriptError(f"{self.transcript.name}:{step.lineno}: no {step.actor} yet")
         return self.clients[step.actor]
@@ -971,6 +972,7 @@ class Session:
             raise self.fail(None, "no more server lines", repr(extra_lines))
 
     def close(self) -> None:
+        """Close every client, and kill the server."""
         for client in self.clients.values():
             client.close()
         self.server.kill()
@@ -2399,8 +2401,7 @@ def test_bad_arguments_give_usage_and_status_2(args: list[str]) -> None:
     ids=["port-in-use", "unknown-host", "not-a-host"],
 )
 def test_cannot_listen_gives_one_line_and_status_1(host: str, ending: str) -> None:
-    """A port in use, or a host name that does not resolve (or is no name at all), gives
-    one line on stderr, not a traceback, and exit status 1."""
+    """A port in use, or a host name that does not resolve or is no name: one stderr line."""
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         result = run_server("ack", "--host", host, "--port", str(port))
@@ -2489,18 +2490,21 @@ def test_restart_on_the_same_port_works_at_once(start_server: StartServer) -> No
     assert start_server("ack", port=first.port).port == first.port
 
 
-MAX_ON_WINDOWS = "--max-clients must be between 1 and 510"
+def assert_serves_510_as_on_windows(start_server: StartServer, wait: float, **how: Any) -> None:
+    """510 clients are served (with the listening and wake-up sockets, the 512 one select()
+    list holds on Windows), and 50 more wait; --max-clients 511 is a usage error."""
+    raise_own_nofile_limit(700)
+    too_many = run_server("ack", "--max-clients", "511", **how)
+    assert_usage_error(too_many, "--max-clients must be between 1 and 510")
+    assert_served_up_to(start_server("ack", "--quiet", **how), 510, 50, wait)
 
 
 @linux_only
 def test_on_windows_510_clients_are_served_and_the_rest_wait(start_server: StartServer) -> None:
-    """Pretending to be Windows: 510 clients are served (with the listening and wake-up
-    sockets, the 512 one select() list may hold), and 50 more wait; 511 is a usage error."""
-    raise_own_nofile_limit(700)
-    windows = ["pretend-windows"]
-    assert_usage_error(run_server("ack", "--max-clients", "511", changes=windows), MAX_ON_WINDOWS)
-    server = start_server("ack", "--quiet", changes=windows, preexec_fn=nofile_limit(1024))
-    assert_served_up_to(server, 510, 50, 3 * WAIT)
+    """Linux's CPython, told it is on Windows: 510 clients served, 50 waiting, 511 refused."""
+    assert_serves_510_as_on_windows(
+        start_server, 3 * WAIT, changes=["pretend-windows"], preexec_fn=nofile_limit(1024)
+    )
 
 
 def test_accepted_sockets_send_small_chunks_at_once() -> None:
@@ -2554,10 +2558,8 @@ def test_readme_client_outlives_the_server_without_a_traceback(start_server: Sta
 
 # ---------------------------------------------------------------- Windows, under Wine
 
-# `make test-windows` runs the tests named *_under_wine on the Windows build of CPython
-# (the embeddable one from python.org, 3.8 and 3.13), under Wine on this Linux machine.
-# WINDOWS_PYTHONS names a command for each, a script that runs python.exe under Wine and
-# takes the same arguments as python; without it these tests are skipped.
+# `make test-windows` runs the tests named *_under_wine on each Windows CPython that
+# WINDOWS_PYTHONS names: a script that runs its python.exe under Wine, as python is run.
 WINE_WAIT = 6 * WAIT  # seconds: CPython under Wine starts slowly
 
 
@@ -2581,11 +2583,9 @@ windows_pythons = pytest.mark.parametrize(
     "python", list(WINDOWS_PYTHONS.values()), ids=list(WINDOWS_PYTHONS)
 )
 
-# Where Wine 8.0 differs from Windows: after a client's reset, Windows' recv() raises
-# WSAECONNRESET (ConnectionResetError), Wine's returns b"": wineserver, polling the socket
-# for select(), reads the pending error with getsockopt(SO_ERROR) (sock_error() in its
-# server/sock.c), which on Linux clears it. Later Wine keeps it; then these must go.
-# Each transcript's entry is the client whose reset Wine's recv() reads as a plain EOF.
+# Wine 8.0's recv() returns b"" after a reset, where Windows' raises ConnectionResetError
+# (README.md says why; later Wine keeps the reset: then these must go). Each transcript's entry
+# is the client whose reset Wine reads as a plain EOF.
 WINE_DIFFERS = {"ack_reset_others_unaffected": "bob", "broadcast_reset_others_unaffected": "carol"}
 
 
@@ -2642,13 +2642,8 @@ def test_bad_arguments_give_usage_and_status_2_under_wine(python: str, args: lis
 def test_510_clients_are_served_and_the_rest_wait_under_wine(
     python: str, start_server: StartServer
 ) -> None:
-    """On Windows CPython 510 clients are served (with the listening and wake-up sockets,
-    the 512 the real select.pyd takes in one list), and 50 more wait; 511 is a usage error."""
-    raise_own_nofile_limit(700)
-    too_many = run_server("ack", "--max-clients", "511", interpreter=[python])
-    assert_usage_error(too_many, MAX_ON_WINDOWS)
-    server = start_server("ack", "--quiet", interpreter=[python])
-    assert_served_up_to(server, 510, 50, WINE_WAIT)
+    """On Windows CPython (the real select.pyd): 510 clients served, 50 waiting, 511 refused."""
+    assert_serves_510_as_on_windows(start_server, WINE_WAIT, interpreter=[python])
 
 
 # ---------------------------------------------------------------- the README stays true

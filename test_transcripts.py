@@ -1361,6 +1361,180 @@ def dropped(server: ServerProcess) -> dict[str, str]:
     return {match[1]: match[2] for match in lines if match}
 
 
+# ---------------------------------------------------------------- a flood, and a chat room
+
+# Rules 3 and 4 with a small limit and grace: a client owed bytes must take RULE_BUFFER / 2
+# of them every RULE_GRACE seconds (or all it is owed), so the slowest reader that stays
+# reads SLOWEST_KEPT bytes per second (256 KiB/s), plus what the kernel's buffers absorb.
+RULE_BUFFER = 262144
+RULE_GRACE = 0.5
+RULE_ARGS = ("--max-buffer", str(RULE_BUFFER), "--grace", str(RULE_GRACE))
+SLOWEST_KEPT = RULE_BUFFER / 2 / RULE_GRACE
+
+
+class Flood:
+    """A thread that sends on sock, as fast as the server takes it, the stream whose byte k
+    is unit[k % len(unit)], until it has sent total bytes (if given) or stop(). As a context
+    manager it stops however the test ends (before the server's kill() closes sock)."""
+
+    def __init__(self, sock: socket.socket, unit: bytes, total: int | None = None) -> None:
+        self.sock, self.unit, self.total = sock, len(unit), total
+        self.stream = memoryview(unit * (65536 // len(unit) + 2))
+        self.sent = 0  # bytes the kernel has taken so far
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        self.sock.settimeout(0.05)  # a send() the server holds up wakes to see stopping
+        with contextlib.suppress(OSError):  # the server dropped the sender
+            while not self.stopping.is_set() and self.sent != self.total:
+                start = self.sent % self.unit
+                size = 65536 if self.total is None else min(65536, self.total - self.sent)
+                try:
+                    self.sent += self.sock.send(self.stream[start : start + size])
+                except socket.timeout:
+                    continue
+
+    def join(self, timeout: float = WAIT) -> int:
+        """Wait (bounded) until the thread ends; return how many bytes were sent."""
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"the flood did not end within {timeout} s"
+        return self.sent
+
+    def stop(self) -> int:
+        """Stop sending (bounded wait) and return how many bytes were sent."""
+        self.stopping.set()
+        return self.join()
+
+    def __enter__(self) -> Flood:
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=WAIT)
+
+
+@dataclass
+class Read:
+    """What a reader of a ChatRoom has read: how many bytes, the bytes other than the
+    flood's b".", and when each chat message b"<N>" arrived (arrived[N]); once hurry is
+    set, it reads the rest as fast as it comes."""
+
+    count: int = 0
+    other: bytes = b""
+    arrived: dict[int, float] = field(default_factory=dict)
+    hurry: threading.Event = field(default_factory=threading.Event)
+
+    def note(self, chunk: bytes) -> None:
+        """Note a chunk read."""
+        self.count += len(chunk)
+        self.other += chunk.translate(None, b".")
+        now = time.monotonic()
+        for match in re.finditer(rb"<(\d+)>", self.other):
+            self.arrived.setdefault(int(match[1]), now)
+
+    def pause(self, started: float, rate: float) -> float:
+        """How long to wait before the next recv() to read at rate since started."""
+        if self.hurry.is_set():
+            return 0
+        return max(0.0, started + self.count / rate - time.monotonic())
+
+
+def read_paced(
+    sock: socket.socket, rate: float, stop: threading.Event, read: Read, most: int = 4096
+) -> None:
+    """Read sock at rate bytes per second (ahead of none, catching up after a stall), most
+    bytes at a time, noting it in read, until stop is set or the server closes sock."""
+    started = time.monotonic()
+    sock.settimeout(0.1)
+    while not stop.wait(read.pause(started, rate)):
+        try:
+            chunk = sock.recv(1 << 20 if read.hurry.is_set() else most)
+        except socket.timeout:
+            continue
+        except ConnectionResetError:
+            return
+        if not chunk:
+            return
+        read.note(chunk)
+
+
+class ChatRoom:
+    """A broadcast room of four clients, one of which floods it with b".": a reader that
+    reads at a set pace, and two that chat: chat() sends the next numbered message, and
+    the other notes when each arrives. All stop at the end of the with block."""
+
+    def __init__(self, server: ServerProcess, reader_rate: float) -> None:
+        self.reader = Client(server, rcvbuf=4096)
+        flooder = Client(server)
+        self.chat_from, self.chat_to = Client(server), Client(server)
+        server.expect_lines("connected", 4)
+        self.stop = threading.Event()
+        self.read, self.heard = Read(), Read()  # by the paced reader, by chat_to
+        self.sent_at: list[float] = []  # when each message was sent
+        readers = [  # rate, most bytes at a time, what it read; the chat is flooded too
+            (self.reader, reader_rate, 4096, self.read),
+            (self.chat_from, math.inf, 1 << 20, Read()),
+            (self.chat_to, math.inf, 1 << 20, self.heard),
+        ]
+        self.threads = [
+            threading.Thread(target=read_paced, args=(client.sock, rate, self.stop, read, most))
+            for client, rate, most, read in readers
+        ]
+        for thread in self.threads:
+            thread.start()
+        self.flood = Flood(flooder.sock, b".")
+
+    def chat(self) -> None:
+        """Send the next chat message, stamped with its number."""
+        self.sent_at.append(time.monotonic())
+        self.chat_from.send(b"<%d>" % (len(self.sent_at) - 1))
+
+    def delays(self) -> dict[int, float]:
+        """Wait (bounded) for every chat message; return each one's delay, in seconds."""
+        arrived = self.heard.arrived
+        deadline = time.monotonic() + WAIT
+        while len(arrived) < len(self.sent_at) and time.monotonic() < deadline:
+            time.sleep(0.01)  # the chat's last messages are on their way
+        lost = [n for n in range(len(self.sent_at)) if n not in arrived]
+        assert not lost, f"chat messages {lost} never arrived"
+        assert list(arrived) == sorted(arrived), f"out of order: {list(arrived)}"
+        return {n: arrived[n] - sent for n, sent in enumerate(self.sent_at)}
+
+    def __enter__(self) -> ChatRoom:
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self.flood.stopping.set()
+        self.stop.set()
+        for thread in [self.flood.thread, *self.threads]:
+            thread.join(timeout=WAIT)
+
+
+def chat_past_a_paced_reader(
+    server: ServerProcess, rate: float, seconds: float
+) -> tuple[int, list[float]]:
+    """In a ChatRoom whose reader reads at rate, chat every 50 ms for seconds; then stop
+    the flood, check that the reader was kept, and let it hurry: it must get every byte,
+    the chat in order. Return how many bytes it read, and the chat's delays (s), sorted."""
+    with ChatRoom(server, rate) as room:
+        started = time.monotonic()
+        while time.monotonic() - started < seconds:
+            room.chat()
+            time.sleep(0.05)  # the chat's pace
+        sent = room.flood.stop()
+        delays = sorted(room.delays().values())
+        assert room.reader.address not in dropped(server)
+        room.read.hurry.set()  # the reader reads the rest as fast as it can
+        chat = b"".join(b"<%d>" % n for n in range(len(room.sent_at)))
+        total = sent + len(chat)
+        wait_for(lambda: room.read.count >= total, f"the reader to get all {total} bytes")
+        time.sleep(QUIET)  # nothing more may arrive
+    assert room.read.count == total and room.read.other == chat, room.read.other
+    return total, delays
+
+
 # ---------------------------------------------------------------- rule 1: nothing sent is lost
 
 
@@ -1778,178 +1952,23 @@ def test_an_ack_crowd_that_sends_at_once_is_answered_in_bounded_memory(
     server.stop()
 
 
-# ---------------------------------------------------------------- rule 4: owed bytes are taken
-
-# Rule 4 with a small limit and grace: a client owed bytes must take RULE_BUFFER / 2 of
-# them every RULE_GRACE seconds (or all it is owed), so the slowest reader that stays
-# reads SLOWEST_KEPT bytes per second (256 KiB/s), plus what the kernel's buffers absorb.
-RULE_BUFFER = 262144
-RULE_GRACE = 0.5
-RULE_ARGS = ("--max-buffer", str(RULE_BUFFER), "--grace", str(RULE_GRACE))
-SLOWEST_KEPT = RULE_BUFFER / 2 / RULE_GRACE
-
-
-class Flood:
-    """A thread that sends on sock, as fast as the server takes it, the stream whose byte k
-    is unit[k % len(unit)], until it has sent total bytes (if given) or stop(). As a context
-    manager it stops however the test ends (before the server's kill() closes sock)."""
-
-    def __init__(self, sock: socket.socket, unit: bytes, total: int | None = None) -> None:
-        self.sock, self.unit, self.total = sock, len(unit), total
-        self.stream = memoryview(unit * (65536 // len(unit) + 2))
-        self.sent = 0  # bytes the kernel has taken so far
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def run(self) -> None:
-        self.sock.settimeout(0.05)  # a send() the server holds up wakes to see stopping
-        with contextlib.suppress(OSError):  # the server dropped the sender
-            while not self.stopping.is_set() and self.sent != self.total:
-                start = self.sent % self.unit
-                size = 65536 if self.total is None else min(65536, self.total - self.sent)
-                try:
-                    self.sent += self.sock.send(self.stream[start : start + size])
-                except socket.timeout:
-                    continue
-
-    def join(self, timeout: float = WAIT) -> int:
-        """Wait (bounded) until the thread ends; return how many bytes were sent."""
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), f"the flood did not end within {timeout} s"
-        return self.sent
-
-    def stop(self) -> int:
-        """Stop sending (bounded wait) and return how many bytes were sent."""
-        self.stopping.set()
-        return self.join()
-
-    def __enter__(self) -> Flood:
-        return self
-
-    def __exit__(self, *exception: object) -> None:
-        self.stopping.set()
-        self.thread.join(timeout=WAIT)
-
-
-@dataclass
-class Read:
-    """What a reader of a ChatRoom has read: how many bytes, the bytes other than the
-    flood's b".", and when each chat message b"<N>" arrived (arrived[N]); once hurry is
-    set, it reads the rest as fast as it comes."""
-
-    count: int = 0
-    other: bytes = b""
-    arrived: dict[int, float] = field(default_factory=dict)
-    hurry: threading.Event = field(default_factory=threading.Event)
-
-    def note(self, chunk: bytes) -> None:
-        """Note a chunk read."""
-        self.count += len(chunk)
-        self.other += chunk.translate(None, b".")
-        now = time.monotonic()
-        for match in re.finditer(rb"<(\d+)>", self.other):
-            self.arrived.setdefault(int(match[1]), now)
-
-    def pause(self, started: float, rate: float) -> float:
-        """How long to wait before the next recv() to read at rate since started."""
-        if self.hurry.is_set():
-            return 0
-        return max(0.0, started + self.count / rate - time.monotonic())
-
-
-def read_paced(
-    sock: socket.socket, rate: float, stop: threading.Event, read: Read, most: int = 4096
+@timing
+@linux_only
+def test_reader_just_above_the_slowest_rate_is_kept_and_the_chat_stays_fast(
+    start_server: StartServer,
 ) -> None:
-    """Read sock at rate bytes per second (ahead of none, catching up after a stall), most
-    bytes at a time, noting it in read, until stop is set or the server closes sock."""
-    started = time.monotonic()
-    sock.settimeout(0.1)
-    while not stop.wait(read.pause(started, rate)):
-        try:
-            chunk = sock.recv(1 << 20 if read.hurry.is_set() else most)
-        except socket.timeout:
-            continue
-        except ConnectionResetError:
-            return
-        if not chunk:
-            return
-        read.note(chunk)
+    """Broadcast, --max-buffer 256 KiB --grace 0.5: a reader at 1.15 times the slowest
+    rate is kept and gets every byte while the room floods. While it is owed B no one else
+    is read, but it is tried every 20 ms, so the room moves as soon as it has drained: 9
+    chat messages in 10 take under 300 ms, none a whole grace (select() alone: about one)."""
+    server = start_server("broadcast", "--quiet", *RULE_ARGS)
+    _, delays = chat_past_a_paced_reader(server, 1.15 * SLOWEST_KEPT, 6 * RULE_GRACE)
+    p90, longest = delays[len(delays) * 9 // 10], delays[-1]
+    assert p90 < 0.3 and longest < RULE_GRACE, f"chat p90 {p90:.3f} s, longest {longest:.3f} s"
+    server.stop()
 
 
-class ChatRoom:
-    """A broadcast room of four clients, one of which floods it with b".": a reader that
-    reads at a set pace, and two that chat: chat() sends the next numbered message, and
-    the other notes when each arrives. All stop at the end of the with block."""
-
-    def __init__(self, server: ServerProcess, reader_rate: float) -> None:
-        self.reader = Client(server, rcvbuf=4096)
-        flooder = Client(server)
-        self.chat_from, self.chat_to = Client(server), Client(server)
-        server.expect_lines("connected", 4)
-        self.stop = threading.Event()
-        self.read, self.heard = Read(), Read()  # by the paced reader, by chat_to
-        self.sent_at: list[float] = []  # when each message was sent
-        readers = [  # rate, most bytes at a time, what it read; the chat is flooded too
-            (self.reader, reader_rate, 4096, self.read),
-            (self.chat_from, math.inf, 1 << 20, Read()),
-            (self.chat_to, math.inf, 1 << 20, self.heard),
-        ]
-        self.threads = [
-            threading.Thread(target=read_paced, args=(client.sock, rate, self.stop, read, most))
-            for client, rate, most, read in readers
-        ]
-        for thread in self.threads:
-            thread.start()
-        self.flood = Flood(flooder.sock, b".")
-
-    def chat(self) -> None:
-        """Send the next chat message, stamped with its number."""
-        self.sent_at.append(time.monotonic())
-        self.chat_from.send(b"<%d>" % (len(self.sent_at) - 1))
-
-    def delays(self) -> dict[int, float]:
-        """Wait (bounded) for every chat message; return each one's delay, in seconds."""
-        arrived = self.heard.arrived
-        deadline = time.monotonic() + WAIT
-        while len(arrived) < len(self.sent_at) and time.monotonic() < deadline:
-            time.sleep(0.01)  # the chat's last messages are on their way
-        lost = [n for n in range(len(self.sent_at)) if n not in arrived]
-        assert not lost, f"chat messages {lost} never arrived"
-        assert list(arrived) == sorted(arrived), f"out of order: {list(arrived)}"
-        return {n: arrived[n] - sent for n, sent in enumerate(self.sent_at)}
-
-    def __enter__(self) -> ChatRoom:
-        return self
-
-    def __exit__(self, *exception: object) -> None:
-        self.flood.stopping.set()
-        self.stop.set()
-        for thread in [self.flood.thread, *self.threads]:
-            thread.join(timeout=WAIT)
-
-
-def chat_past_a_paced_reader(
-    server: ServerProcess, rate: float, seconds: float
-) -> tuple[int, list[float]]:
-    """In a ChatRoom whose reader reads at rate, chat every 50 ms for seconds; then stop
-    the flood, check that the reader was kept, and let it hurry: it must get every byte,
-    the chat in order. Return how many bytes it read, and the chat's delays (s), sorted."""
-    with ChatRoom(server, rate) as room:
-        started = time.monotonic()
-        while time.monotonic() - started < seconds:
-            room.chat()
-            time.sleep(0.05)  # the chat's pace
-        sent = room.flood.stop()
-        delays = sorted(room.delays().values())
-        assert room.reader.address not in dropped(server)
-        room.read.hurry.set()  # the reader reads the rest as fast as it can
-        chat = b"".join(b"<%d>" % n for n in range(len(room.sent_at)))
-        total = sent + len(chat)
-        wait_for(lambda: room.read.count >= total, f"the reader to get all {total} bytes")
-        time.sleep(QUIET)  # nothing more may arrive
-    assert room.read.count == total and room.read.other == chat, room.read.other
-    return total, delays
+# ---------------------------------------------------------------- rule 4: owed bytes are taken
 
 
 @timing
@@ -1996,22 +2015,6 @@ def test_reader_an_eighth_of_the_slowest_rate_is_dropped_and_the_room_moves_on(
     assert not late, f"dropped after {dropped_after:.2f} s; then chat took (ms): {late}"
     owed, grace = too_slow(reason)
     assert owed > 0 and grace == RULE_GRACE, reason
-    server.stop()
-
-
-@timing
-@linux_only
-def test_reader_just_above_the_slowest_rate_is_kept_and_the_chat_stays_fast(
-    start_server: StartServer,
-) -> None:
-    """Broadcast, --max-buffer 256 KiB --grace 0.5: a reader at 1.15 times the slowest
-    rate is kept and gets every byte while the room floods. While it is owed B no one else
-    is read, but it is tried every 20 ms, so the room moves as soon as it has drained: 9
-    chat messages in 10 take under 300 ms, none a whole grace (select() alone: about one)."""
-    server = start_server("broadcast", "--quiet", *RULE_ARGS)
-    _, delays = chat_past_a_paced_reader(server, 1.15 * SLOWEST_KEPT, 6 * RULE_GRACE)
-    p90, longest = delays[len(delays) * 9 // 10], delays[-1]
-    assert p90 < 0.3 and longest < RULE_GRACE, f"chat p90 {p90:.3f} s, longest {longest:.3f} s"
     server.stop()
 
 

@@ -325,8 +325,8 @@ class Server:
             except BlockingIOError:
                 return  # no one else is waiting
             except OSError as error:  # e.g. a client that reset before we got to it
-                if error.errno in OUT_OF_RESOURCES:
-                    self.stop_accepting(str(error))
+                if error.errno in OUT_OF_RESOURCES:  # by name: the text is localised on Windows
+                    self.stop_accepting(failure_reason(error))
                 else:
                     log(f"a client could not be accepted: {failure_reason(error)}")
                 return

@@ -3019,12 +3019,18 @@ class CommandServer(ServerProcess):
         """What the server has still not done that wait_until_settled waits for, or ""."""
         table = tcp_table(self.port)
         server_ends = {entry.remote_port for entry in table if entry.local_port == self.port}
+        client_ends = {entry.local_port for entry in table if entry.remote_port == self.port}
         for entry in table:
             if entry.local_port == self.port:  # the listener, or the server's end of a client
                 if entry.state == TCP_SYN_RECV or (entry.state == TCP_LISTEN and entry.rx_queue):
                     return "accepted every connection"
                 if entry.state != TCP_LISTEN and entry.rx_queue:
                     return "read every byte sent to it"
+                # Our end is gone at once when we reset, but a busy kernel may not yet have
+                # delivered the reset to the server's end, which stays established till then.
+                gone = entry.remote_port in client_ports and entry.remote_port not in client_ends
+                if entry.state == TCP_ESTABLISHED and gone:
+                    return "received every reset sent to it"
             elif entry.remote_port == self.port and entry.local_port in client_ports:
                 if entry.tx_queue or entry.state in (TCP_SYN_SENT, TCP_FIN_WAIT1):
                     return "received every byte and FIN sent to it"

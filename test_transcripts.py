@@ -486,6 +486,14 @@ def server_command(interpreter: list[str] | None = None, changes: Sequence[str] 
     return [*interpreter, __file__, "server", ",".join(changes)]
 
 
+# Held while a server starts and while a client closes, so that the two never overlap: a
+# process is started by a fork, which copies every descriptor of this process, and the copy
+# lives until the child runs the server. A client closed meanwhile in another thread (make
+# check, and the CPython test, replay side by side) would send its FIN or reset only then,
+# after the steps that follow it.
+STARTING = threading.Lock()
+
+
 class ServerProcess:
     """The server, on a free port by default, its output read through a pipe (a line it does
     not flush does not arrive); as a context manager, killed at the end with its clients."""
@@ -519,9 +527,15 @@ class ServerProcess:
         """Start the process, its stdout and stderr read through pexpect."""
         self.output = io.StringIO()  # everything the server printed, for failures
         self.clients: list[Client] = []  # connected to it; closed by kill()
-        self.child: PopenSpawn[str] = PopenSpawn(
-            command, WAIT, env=env, encoding="utf-8", codec_errors="replace", preexec_fn=preexec_fn
-        )
+        with STARTING:  # see STARTING
+            self.child: PopenSpawn[str] = PopenSpawn(
+                command,
+                WAIT,
+                env=env,
+                encoding="utf-8",
+                codec_errors="replace",
+                preexec_fn=preexec_fn,
+            )
         self.child.logfile_read = self.output
         self.pid = self.child.proc.pid
 
@@ -662,7 +676,8 @@ class Client:
         """Close the socket; with reset, the kernel sends RST instead of FIN."""
         if reset:  # SO_LINGER on, with a zero timeout: close() discards and resets
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.sock.close()
+        with STARTING:  # see STARTING
+            self.sock.close()
         self.closed = True
 
     def unread(self) -> bytes:

@@ -589,7 +589,7 @@ class ServerProcess:
     def kill(self) -> None:
         """Make sure the process is gone, and its clients' sockets closed."""
         for client in self.clients:
-            client.sock.close()
+            client.close()  # under STARTING, as every close is
         if self.child.proc.poll() is None:
             self.child.proc.kill()
             self.child.proc.wait(timeout=WAIT)
@@ -636,7 +636,7 @@ def server_in_this_process(mode: str, changes: Sequence[str] = ()) -> Iterator[I
             thread.join(timeout=WAIT)
             server.close()  # as main() does
             for client in running.clients:
-                client.sock.close()
+                client.close()
 
 
 class Client:
@@ -782,7 +782,7 @@ def idle_cpu_seconds(server: ServerProcess, seconds: float = 0.3) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def peak_memory_mb(pid: int, field: str = "VmHWM") -> float:
+def memory_mb(pid: int, field: str = "VmHWM") -> float:
     """The most resident memory the process has used (VmHWM), or uses now (VmRSS), in MB."""
     match = re.search(rf"{field}:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
     assert match is not None
@@ -1730,7 +1730,7 @@ def test_memory_does_not_grow_with_the_number_of_clients(start_server: StartServ
         first = server.expect_line("disconnected: (.*)", timeout=3 * WAIT)[1]
         reasons = {first} | {server.expect_line("disconnected: (.*)")[1] for _ in crowd[1:]}
         sent = flood.stop()
-    peak = peak_memory_mb(server.pid)
+    peak = memory_mb(server.pid)
     assert peak < 64, f"peak RSS {peak:.0f} MB, {len(crowd)} non-readers, {sent >> 20} MiB sent"
     assert all(reason.startswith("too slow: ") for reason in reasons), reasons
     server.stop()
@@ -1759,7 +1759,7 @@ def test_a_crowd_that_never_reads_cannot_pin_memory(start_server: StartServer) -
     server.expect_lines("connected", 2)
     late.send(b"still serving?")
     assert later.receive(14) == b"still serving?"
-    peak = peak_memory_mb(server.pid)
+    peak = memory_mb(server.pid)
     assert peak < 64, f"peak RSS {peak:.0f} MB, {len(crowd)} clients sent 7.5 MiB each"
     reasons: dict[str, str] = {}
     while len(reasons) < len(crowd):  # each grace began when the kernel refused bytes
@@ -1874,7 +1874,7 @@ def crowd_sends_at_once(
     copies of 200 messages would cost memory and time). Return the server's growth, MB."""
     raise_own_nofile_limit(len(messages) + 100)
     crowd = [client.sock for client in connect(server, len(messages))]
-    before = peak_memory_mb(server.pid, "VmRSS")
+    before = memory_mb(server.pid, "VmRSS")
     expected = sum(len(message) for message in messages)
     counts = dict.fromkeys(range(len(crowd)), 0)
     unsent = {index: memoryview(message) for index, message in enumerate(messages)}
@@ -1907,7 +1907,7 @@ def crowd_sends_at_once(
                     done = not chunk if close else counts[index] == expected - len(messages[index])
                     if done:
                         selector.unregister(sock)
-    return peak_memory_mb(server.pid) - before
+    return memory_mb(server.pid) - before
 
 
 # The crowd reads as fast as it can, but one loop reads its 200 clients in turn, so on a
@@ -2077,7 +2077,7 @@ def test_flood_drops_the_non_reader_and_keeps_the_slow_reader(start_server: Star
     # kernel made (its buffer grows), which gets the non-reader under once.
     assert dropped_after < 2 * 1.0 + 1.5, f"non-reader dropped after {dropped_after:.1f} s"
     assert count == total and received.hexdigest() == hashlib.sha256(block * 32).hexdigest()
-    peak = peak_memory_mb(server.pid)
+    peak = memory_mb(server.pid)
     assert peak < 40, f"peak RSS {peak:.0f} MB"
     # The backlog is gone, so no socket is left in outputs: the server sleeps again.
     assert idle_cpu_seconds(server) < 0.05
@@ -3059,7 +3059,7 @@ class CommandServer(ServerProcess):
     def kill(self) -> None:
         """Close the clients and end the server's process group, not judging how it exits."""
         for client in self.clients:
-            client.sock.close()
+            client.close()  # under STARTING, as every close is
         for sig in (signal.SIGINT, signal.SIGKILL):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, sig)

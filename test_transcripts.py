@@ -189,8 +189,7 @@ BROKEN_SERVER = "BROKEN_SERVER"  # names changes that every server of every test
 
 @dataclass(frozen=True)
 class Change:
-    """What a changed server does differently, and the (object, attribute, replacement)
-    triples that make it so."""
+    """What a changed server does, and the (object, attribute, replacement) triples."""
 
     does: str
     replacements: list[tuple[object, str, object]]
@@ -228,8 +227,7 @@ SETSOCKOPT = socket.socket.setsockopt
 
 
 def without_option(level: int, option: int, refuse: bool = False) -> tuple[object, str, object]:
-    """A replacement of socket.setsockopt that skips one option: quietly, or (refuse) with
-    the EINVAL that macOS gives."""
+    """socket.setsockopt that skips one option: quietly, or with macOS's EINVAL (refuse)."""
 
     def setsockopt(sock: socket.socket, at: int, name: int, value: Any) -> None:
         if (at, name) != (level, option):
@@ -240,26 +238,15 @@ def without_option(level: int, option: int, refuse: bool = False) -> tuple[objec
     return (socket.socket, "setsockopt", setsockopt)
 
 
-def opening_after(take: Callable[[], object]) -> tuple[object, str, object]:
-    """A replacement of open_listener that first runs take() (which opens files)."""
+def opening_after_files_up_to(last: int) -> tuple[object, str, object]:
+    """open_listener, once files hold every descriptor up to last: as a careless parent."""
 
     def open_listener(host: str, port: int) -> socket.socket:
-        take()
+        while os.open(os.devnull, os.O_RDONLY) < last:
+            pass
         return OPEN_LISTENER(host, port)
 
     return (select_server, "open_listener", open_listener)
-
-
-def take_every_low_descriptor() -> None:
-    """As a parent that left descriptors 3 to 1023 open: the server's sockets land at
-    1024 and above, where select() cannot watch them."""
-    while os.open(os.devnull, os.O_RDONLY) < 1023:
-        pass
-
-
-def take_1010_descriptors() -> list[int]:
-    """As a careless parent: the server's sockets land just under FD_SETSIZE."""
-    return [os.open(os.devnull, os.O_RDONLY) for _ in range(1010)]
 
 
 def with_small_send_buffer(host: str, port: int) -> socket.socket:
@@ -271,8 +258,7 @@ def with_small_send_buffer(host: str, port: int) -> socket.socket:
 
 
 def signal_on_announce(sig: signal.Signals) -> tuple[object, str, object]:
-    """A replacement of log(): the server sends itself sig the moment it says it listens,
-    before it reaches select(), earlier than any test could."""
+    """log() that sends the server sig as it says it listens: earlier than any test could."""
     log = select_server.log
 
     def log_then_signal(message: str) -> None:
@@ -360,10 +346,10 @@ CHANGES = {  # the machine around the server
         [(select_server, "WINDOWS", True), (select_server, "MOST_CLIENTS", 510)],
     ),
     "every-low-descriptor-taken": Change(
-        "starts with descriptors 3 to 1023 open", [opening_after(take_every_low_descriptor)]
+        "starts with descriptors 3 to 1023 open", [opening_after_files_up_to(1023)]
     ),
     "1010-descriptors-taken": Change(
-        "starts with 1,010 files open", [opening_after(take_1010_descriptors)]
+        "starts with 1,010 files open (3 to 1012)", [opening_after_files_up_to(1012)]
     ),
     "small-send-buffer": Change(
         "every client socket has a 4 KiB send buffer",
@@ -424,8 +410,7 @@ CHANGES.update(BROKEN)
 
 
 def table_main() -> int:
-    """`python test_transcripts.py table`: run every test against each broken server
-    ($BROKEN_SERVER set) and say which fail. Some minutes."""
+    """`python test_transcripts.py table`: which tests fail on each broken server (minutes)."""
     for name, change in BROKEN.items():
         command = [sys.executable, "-m", "pytest", "-qrf", "-n2", "--dist=loadgroup", __file__]
         env = {**os.environ, BROKEN_SERVER: name}

@@ -1139,7 +1139,6 @@ def find_python(version: str) -> str | None:
 
 @pytest.mark.parametrize("version", [v for v in PYTHON_VERSIONS if v != THIS_VERSION])
 def test_every_transcript_on_cpython(version: str) -> None:
-    """On each other CPython from 3.8, every transcript receives exactly what it says."""
     python = find_python(version)
     if python is None:
         pytest.skip(f"no CPython {version} on this machine")
@@ -1284,8 +1283,6 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "test"))
 
 @given(sessions())
 def test_generated_sessions_match_the_model(session: tuple[str, list[Action]]) -> None:
-    """Generated client sessions, replayed like any transcript, receive exactly what
-    the model predicts. A failure prints the shrunk session as a transcript."""
     text = generated_transcript(*session)
     try:
         replay(parse(text, "generated.txt"))
@@ -1306,7 +1303,6 @@ WRONG = {  # the last line of a transcript, where it fails, and the start of the
 
 @pytest.mark.parametrize("wrong", WRONG, ids=list(WRONG))
 def test_harness_fails_and_shows_the_line(wrong: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A wrong transcript fails where it is wrong, saying what it expected and what arrived."""
     monkeypatch.setattr(sys.modules[__name__], "WAIT", 0.3)  # a wrong wait runs out sooner
     last_line, where, expected = WRONG[wrong]
     start = "mode ack\nalice connects\nserver: {alice} connected (1 online)\nalice sends b'hi'\n"
@@ -1331,7 +1327,6 @@ MALFORMED = {
 
 @pytest.mark.parametrize("text", MALFORMED.values(), ids=MALFORMED)
 def test_malformed_transcript_names_its_line(text: str) -> None:
-    """A line the harness cannot read is an error naming that line, not a skipped step."""
     with pytest.raises(TranscriptError, match=r"^bad\.txt:\d"):
         parse(text, "bad.txt")
 

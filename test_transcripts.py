@@ -2347,8 +2347,7 @@ def run_server(
 
 
 def assert_usage_error(result: subprocess.CompletedProcess[str], message: str = "") -> None:
-    """Exit status 2 and a usage message, with message in it, on stderr (which Wine's wrapper
-    joins to stdout); no traceback."""
+    """Status 2, a usage message with message in it, no traceback (under Wine: on stdout)."""
     output = result.stderr or result.stdout
     assert result.returncode == 2, output
     assert output.startswith("usage: "), output
@@ -2362,7 +2361,6 @@ def assert_usage_error(result: subprocess.CompletedProcess[str], message: str = 
     ids=["no-mode", "unknown-mode", "port-negative", "port-too-big", "port-not-a-number"],
 )
 def test_bad_arguments_give_usage_and_status_2(args: list[str]) -> None:
-    """argparse answers a bad command line with a usage message and exit status 2."""
     assert_usage_error(run_server(*args))
 
 
@@ -2376,7 +2374,6 @@ def test_bad_arguments_give_usage_and_status_2(args: list[str]) -> None:
     ids=["port-in-use", "unknown-host", "not-a-host"],
 )
 def test_cannot_listen_gives_one_line_and_status_1(host: str, ending: str) -> None:
-    """A port in use, or a host name that does not resolve or is no name: one stderr line."""
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         result = run_server("ack", "--host", host, "--port", str(port))
@@ -2399,9 +2396,8 @@ def test_cannot_listen_gives_one_line_and_status_1(host: str, ending: str) -> No
 def test_host_is_the_same_everywhere_and_takes_what_the_server_prints(
     host: str | None, announced: str, start_server: StartServer
 ) -> None:
-    """The default is 127.0.0.1 on every OS (not "localhost", which is ::1 first on macOS
-    and 127.0.0.1 first on Linux); '' means every IPv4 interface, as it does in Python's
-    socket module; an IPv6 address is announced in brackets, and may be written so."""
+    """127.0.0.1 by default on every OS ("localhost" is ::1 first on macOS); '' is every IPv4
+    interface, as in Python's socket module; IPv6 is announced in brackets, and may be so given."""
     server = start_server("ack", host=host)
     assert server.announcement == f"listening on {announced}:{server.port} (ack mode)"
     server.host = reachable(server.host)
@@ -2417,8 +2413,7 @@ def test_a_transcript_holds_over_ipv6() -> None:
 
 @linux_only
 def test_started_with_every_low_descriptor_taken_it_refuses_in_one_line() -> None:
-    """With descriptors 3 to 1023 taken, select() could not watch the server's sockets: it
-    says so in one line and exits 1, before announcing anything."""
+    """Descriptors 3 to 1023 taken, select() could watch no socket: exit 1, unannounced."""
     changes = ["every-low-descriptor-taken"]
     result = run_server("ack", "--port", "0", changes=changes, preexec_fn=nofile_limit(2048))
     assert (result.returncode, result.stdout) == (1, ""), result.stderr
@@ -2429,8 +2424,8 @@ def test_started_with_every_low_descriptor_taken_it_refuses_in_one_line() -> Non
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_right_after_listening_exits_cleanly(sig: signal.Signals) -> None:
-    """The handlers are in place before the server says it listens: a signal that
-    arrives the moment the line is out closes everything, logs one line and exits 0."""
+    """The handlers are in place before the server says it listens: a signal right after
+    that line closes everything, logs one line and exits 0."""
     result = run_server("broadcast", "--port", "0", changes=[f"{sig.name.lower()}-on-announce"])
     assert (result.returncode, result.stderr) == (0, ""), result.stderr
     assert result.stdout.splitlines()[1:] == [f"{sig.name}: closing 0 clients and exiting"]
@@ -2438,9 +2433,8 @@ def test_signal_right_after_listening_exits_cleanly(sig: signal.Signals) -> None
 
 @linux_only
 def test_a_storm_of_stop_signals_still_exits_0() -> None:
-    """40 SIGTERMs, 1 ms apart, at a busy server: it exits 0 every time, with no traceback.
-    Once its loop has ended the stop signals are ignored; a handler left in place would be
-    swapped by Python's shutdown for the default one, which kills the process."""
+    """40 SIGTERMs 1 ms apart at a busy server: exit 0, no traceback. After its loop it
+    ignores them: at shutdown Python restores the default handler, which would kill it."""
     for _ in range(5):
         with ServerProcess("ack", "--quiet") as server:
             client = Client(server)
@@ -2466,8 +2460,8 @@ def test_restart_on_the_same_port_works_at_once(start_server: StartServer) -> No
 
 
 def assert_serves_510_as_on_windows(start_server: StartServer, wait: float, **how: Any) -> None:
-    """510 clients are served (with the listening and wake-up sockets, the 512 one select()
-    list holds on Windows), and 50 more wait; --max-clients 511 is a usage error."""
+    """510 clients served (with the listening and wake-up sockets, the 512 one select() list
+    holds on Windows), 50 more wait; --max-clients 511 is a usage error."""
     raise_own_nofile_limit(700)
     too_many = run_server("ack", "--max-clients", "511", **how)
     assert_usage_error(too_many, "--max-clients must be between 1 and 510")
@@ -2476,15 +2470,15 @@ def assert_serves_510_as_on_windows(start_server: StartServer, wait: float, **ho
 
 @linux_only
 def test_on_windows_510_clients_are_served_and_the_rest_wait(start_server: StartServer) -> None:
-    """Linux's CPython, told it is on Windows: 510 clients served, 50 waiting, 511 refused."""
+    """Linux's CPython, told it is on Windows."""
     assert_serves_510_as_on_windows(
         start_server, 3 * WAIT, changes=["pretend-windows"], preexec_fn=nofile_limit(1024)
     )
 
 
 def test_accepted_sockets_send_small_chunks_at_once() -> None:
-    """Every accepted socket has TCP_NODELAY: a small relay is not held back until the
-    previous one is acknowledged (Nagle's algorithm), which costs a chat tens of ms."""
+    """Every accepted socket has TCP_NODELAY: a small relay is not held back (Nagle's
+    algorithm) until the previous one is acknowledged, which costs a chat tens of ms."""
     with server_in_this_process("broadcast") as running:
         Client(running)
         wait_for(lambda: len(running.server.clients) == 1, "the client to be accepted")
@@ -2493,8 +2487,7 @@ def test_accepted_sockets_send_small_chunks_at_once() -> None:
 
 
 def test_a_client_refused_tcp_nodelay_is_served_all_the_same(start_server: StartServer) -> None:
-    """macOS refuses TCP_NODELAY (EINVAL) for a client that reset before accept(): here
-    every TCP_NODELAY is refused, and the server serves the client all the same."""
+    """As macOS refuses TCP_NODELAY (EINVAL) for a client that reset before accept()."""
     server = start_server("ack", changes=["nodelay-refused"])
     assert_acked(Client(server), b"still served?")
     server.stop()
@@ -2510,8 +2503,7 @@ def readme_client(port: int) -> list[str]:
 def test_readme_client_sends_piped_input_and_prints_until_the_server_closes(
     start_server: StartServer,
 ) -> None:
-    """Like `nc -N`, the README's client sends piped input, half-closes, and prints what
-    arrives until the server closes."""
+    """Like `nc -N`: it sends what is piped in, half-closes, and prints what arrives."""
     server = start_server("ack")
     command = readme_client(server.port)
     result = subprocess.run(command, input="hello\n", capture_output=True, text=True, timeout=WAIT)
@@ -2520,7 +2512,6 @@ def test_readme_client_sends_piped_input_and_prints_until_the_server_closes(
 
 
 def test_readme_client_outlives_the_server_without_a_traceback(start_server: StartServer) -> None:
-    """When the server goes first, the README's client ends with status 0, no traceback."""
     server = start_server("ack")
     pipes = {name: subprocess.PIPE for name in ("stdin", "stdout", "stderr")}
     with popen(readme_client(server.port), **pipes) as client:
@@ -2532,7 +2523,6 @@ def test_readme_client_outlives_the_server_without_a_traceback(start_server: Sta
 
 
 # ---------------------------------------------------------------- Windows, under Wine
-
 # `make test-windows` runs the tests named *_under_wine on each Windows CPython that
 # WINDOWS_PYTHONS names: a script that runs its python.exe under Wine, as python is run.
 WINE_WAIT = 6 * WAIT  # seconds: CPython under Wine starts slowly
@@ -2543,9 +2533,8 @@ def find_windows_pythons() -> dict[str, str]:
     found = {}
     ask = "import platform, sys; print(platform.python_version(), sys.platform)"
     for command in os.environ.get("WINDOWS_PYTHONS", "").split():
-        result = subprocess.run(
-            [command, "-c", ask], capture_output=True, text=True, timeout=WINE_WAIT
-        )
+        asking = [command, "-c", ask]
+        result = subprocess.run(asking, capture_output=True, text=True, timeout=WINE_WAIT)
         version, _, platform = result.stdout.strip().rpartition(" ")
         assert platform == "win32", f"{command} is no Windows CPython: {result.stdout!r}"
         found[f"windows-{version}"] = command
@@ -2559,8 +2548,7 @@ windows_pythons = pytest.mark.parametrize(
 )
 
 # Wine 8.0's recv() returns b"" after a reset, where Windows' raises ConnectionResetError
-# (README.md says why; later Wine keeps the reset: then these must go). Each transcript's entry
-# is the client whose reset Wine reads as a plain EOF.
+# (README.md says why; drop these once Wine keeps the reset): the client Wine sees close.
 WINE_DIFFERS = {"ack_reset_others_unaffected": "bob", "broadcast_reset_others_unaffected": "carol"}
 
 
@@ -2578,8 +2566,8 @@ def as_under_wine(path: Path) -> str:
 @windows_pythons
 @pytest.mark.parametrize("path", transcript_files(), ids=lambda path: path.stem)
 def test_transcript_under_wine(python: str, path: Path) -> None:
-    """On Windows CPython, each client receives exactly the bytes the transcript says,
-    and the server logs its lines (but for WINE_DIFFERS), and exits on Ctrl-C."""
+    """Each client gets the transcript's bytes, the server logs its lines (but WINE_DIFFERS)
+    and exits on Ctrl-C."""
     try:
         replay(parse(as_under_wine(path), path.name), interpreter=[python])
     except TranscriptError as error:
@@ -2592,12 +2580,10 @@ def test_transcript_under_wine(python: str, path: Path) -> None:
 def test_generated_sessions_match_the_model_under_wine(
     python: str, session: tuple[str, list[Action]]
 ) -> None:
-    """On Windows CPython, generated sessions receive exactly what the model predicts.
-    Not those with a reset: the model says 'connection reset', Wine 'closed by client'."""
+    """Not those with a reset: the model says 'connection reset', Wine 'closed by client'."""
     assume(all(action.verb != "resets" for action in session[1]))
-    text = generated_transcript(
-        *session, found_by="test_generated_sessions_match_the_model_under_wine"
-    )
+    found_by = "test_generated_sessions_match_the_model_under_wine"
+    text = generated_transcript(*session, found_by=found_by)
     try:
         replay(parse(text, "generated.txt"), interpreter=[python])
     except TranscriptError as error:
@@ -2608,7 +2594,6 @@ def test_generated_sessions_match_the_model_under_wine(
 @windows_pythons
 @pytest.mark.parametrize("args", [["echo"], ["ack", "--port", "65536"]], ids=["mode", "port"])
 def test_bad_arguments_give_usage_and_status_2_under_wine(python: str, args: list[str]) -> None:
-    """On Windows CPython too, a bad command line gets a usage message and exit status 2."""
     assert_usage_error(run_server(*args, interpreter=[python]))
 
 
@@ -2617,13 +2602,13 @@ def test_bad_arguments_give_usage_and_status_2_under_wine(python: str, args: lis
 def test_510_clients_are_served_and_the_rest_wait_under_wine(
     python: str, start_server: StartServer
 ) -> None:
-    """On Windows CPython (the real select.pyd): 510 clients served, 50 waiting, 511 refused."""
+    """With Windows CPython's real select.pyd."""
     assert_serves_510_as_on_windows(start_server, WINE_WAIT, interpreter=[python])
 
 
 # ---------------------------------------------------------------- the README stays true
-# These tests fail when a README names in backticks what is not in the repository, or shows
-# in a code block a command that no longer runs so, or output that the program does not print.
+# These fail when a README names in backticks what is not in the repository, or shows in a
+# code block a command that no longer runs so, or output that the program does not print.
 
 READMES = ["README.md", "README.zh-CN.md"]
 PYTHON_FILES = ["select_server.py", "test_transcripts.py", "bench.py"]
@@ -2688,16 +2673,11 @@ def exists(kind: str, name: str, known: dict[str, set[str]]) -> bool:
     return False
 
 
-def readme_blocks(text: str) -> list[tuple[str, str]]:
-    """Every fenced code block of a README: (its language, its text)."""
-    return [(match["lang"], match["body"]) for match in FENCE.finditer(text)]
-
-
 def readme_problems(text: str) -> Iterator[str]:
     """What a README names or shows that is not so: a name (in a span, or a make command
     in a block) that the repository lacks, a run of our files, or a program's output."""
     known = known_names()
-    blocks = [body for _, body in readme_blocks(text)]
+    blocks = [body for _, body in FENCE.findall(text)]  # of (language, body) pairs
     prose = FENCE.sub("", re.sub(r"<!--.*?-->", "", text, flags=re.S))  # no blocks, comments
     spans = [" ".join((match[1] or match[2]).split()) for match in SPAN.finditer(prose)]
     makes = [match[1].strip() for body in blocks for match in MAKE_RUN.finditer(body)]
@@ -2779,8 +2759,8 @@ def guide_problems(english: str, guide: str) -> Iterator[str]:
             body = "\n".join(re.sub(r"(^|\s+)#.*$", "", line) for line in body.splitlines())
         return language, body
 
-    english_blocks = [untranslated(*block) for block in readme_blocks(english)]
-    guide_blocks = [untranslated(*block) for block in readme_blocks(guide)]
+    english_blocks = [untranslated(*block) for block in FENCE.findall(english)]
+    guide_blocks = [untranslated(*block) for block in FENCE.findall(guide)]
     for _, body in set(guide_blocks) - set(english_blocks):
         yield f"the guide shows a block the README does not:\n{body}"
     if english_blocks[0] not in guide_blocks:
@@ -2792,18 +2772,15 @@ def guide_problems(english: str, guide: str) -> Iterator[str]:
 
 @pytest.mark.parametrize("name", READMES)
 def test_readme_names_only_what_exists_and_runs_as_shown(name: str) -> None:
-    """Every function, test, transcript, file and make target a README names exists, each
-    run of our files it shows runs so, and each output it shows is what the program prints."""
     problems = sorted(set(readme_problems((HERE / name).read_text(encoding="utf-8"))))
     assert not problems, f"{name} is not true:\n" + "\n".join(problems)
 
 
 def test_readme_set_up_commands_start_the_server_and_run_the_tests() -> None:
-    """The README's first block: each server command announces `listening on 127.0.0.1:PORT
-    (MODE mode)`, the defaults the README and its `nc` lines give, and exits 0 on SIGINT;
-    `make test` runs pytest on this file (a dry run: make test runs this test)."""
+    """The first block's servers announce the defaults the README and its `nc` lines give, and
+    exit 0 on SIGINT; its `make test` runs pytest here (a dry run: make test runs this test)."""
     text = (HERE / "README.md").read_text(encoding="utf-8")
-    _, first = readme_blocks(text)[0]
+    _, first = FENCE.findall(text)[0]
     servers = [run[2].split() for run in PYTHON_RUN.finditer(first) if run[1] == SERVER.name]
     assert servers, f"the README's first block starts no server:\n{first}"
     for mode, *args in servers:  # interpreter given: the real server, even with $BROKEN_SERVER
@@ -2813,7 +2790,7 @@ def test_readme_set_up_commands_start_the_server_and_run_the_tests() -> None:
     defaults = select_server.parse_args(["ack"])
     assert f"`{defaults.host}:{defaults.port}`" in text
     nc_lines = re.findall(r"^nc (\S+) (\d+)", text, re.M)
-    assert nc_lines and all(nc == (defaults.host, str(defaults.port)) for nc in nc_lines)
+    assert set(nc_lines) == {(defaults.host, str(defaults.port))}, nc_lines
     assert re.search(r"^make test\b", first, re.M), first
     if shutil.which("make") is None:
         pytest.skip("no make here")
@@ -2824,8 +2801,6 @@ def test_readme_set_up_commands_start_the_server_and_run_the_tests() -> None:
 
 
 def test_chinese_guide_shows_the_readmes_commands_and_code() -> None:
-    """README.zh-CN.md shows only code blocks that README.md has (comments and diagram
-    labels may be translated), the set-up among them, and each file links the other."""
     english, guide = [(HERE / name).read_text(encoding="utf-8") for name in READMES]
     problems = list(guide_problems(english, guide))
     assert not problems, "\n".join(problems)

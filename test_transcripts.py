@@ -2866,8 +2866,7 @@ def run_bench(*args: str, status: int = 0) -> str:
 
 @linux_only
 def test_bench_smoke_run_checks_every_byte_and_compares_with_its_own_asyncio_peer() -> None:
-    """`bench.py --smoke --against asyncio` measures tiny broadcast, ack and chat rows of the
-    real server and of the asyncio peer in bench.py (nothing from outside this repository):
+    """Tiny broadcast, ack and chat rows of the real server and of bench.py's asyncio peer:
     every relayed byte checked, chat messages timed, the peer's rows and a ratio printed."""
     out = run_bench("--against", "asyncio")
     assert re.search(r"^broadcast 3x1 +ours .* all [\d,]+ MB checked", out, re.M), out
@@ -2881,8 +2880,7 @@ def test_bench_smoke_run_checks_every_byte_and_compares_with_its_own_asyncio_pee
 
 @linux_only
 def test_bench_smoke_run_fails_when_relayed_bytes_are_wrong() -> None:
-    """The benchmark's byte check can fail: against a relay that reverses every chunk,
-    the broadcast row says FAILED and the exit status is 1."""
+    """Against a relay that reverses every chunk, the broadcast row says FAILED, status 1."""
     reversing = shlex.join(server_command(changes=["reversing-relay"]))
     out = run_bench("--rows", "broadcast", "--server", reversing + " {mode} --quiet", status=1)
     failed = r"^broadcast 3x1 +ours +FAILED: .* is not what it sent"  # not: did not start
@@ -2911,7 +2909,7 @@ class CommandServer(ServerProcess):
         # Through a shell, so that any command line works (`cd dir && ./server`), in a
         # session of its own, so that a signal to its process group reaches all it starts.
         self.start(["/bin/sh", "-c", line], dict(os.environ), os.setsid)
-        self.spins = False  # it did not go back to sleep: stop waiting for that
+        self.spins = False  # once it did not go back to sleep in time, that is not waited for
         self.host, self.port = self.find(port, port_given="{port}" in command)
         self.group = process_group(self.pid)  # its processes, to see when they sleep
 
@@ -2940,16 +2938,16 @@ class CommandServer(ServerProcess):
         )
 
     def not_started(self, why: str) -> StartError:
-        """Kill the server; the error says why it did not start, and the last line it printed."""
+        """Kill the server; the error says why it did not start, and its last line."""
         self.kill()
         lines = [line for line in self.output.getvalue().splitlines() if line.strip()]
         last = f"its last line: {lines[-1]!r}" if lines else "it printed nothing"
         return StartError(f"{why}; {last}")
 
     def wait_until_settled(self, client_ports: list[int], wait: float) -> str:
-        """Wait (bounded) until the kernel shows that the server has taken in what the clients on
-        these ports did and gone back to sleep (Linux; elsewhere, a pause); return what it has
-        still not done, or ""."""
+        """Wait (bounded) until the kernel shows that the server has taken in what the clients
+        on these ports did and gone back to sleep (Linux; elsewhere, a pause); return what it
+        has still not done, or ""."""
         if not sys.platform.startswith("linux"):
             time.sleep(QUIET)  # nothing to ask, only time to give
             return ""
@@ -2957,7 +2955,7 @@ class CommandServer(ServerProcess):
         while self.child.proc.poll() is None:  # once it has exited, the next step says so
             still = self.unsettled(client_ports)
             if not still or time.monotonic() > deadline:
-                self.spins = self.spins or still == STILL_RUNNING  # for good: it spins
+                self.spins = self.spins or still == STILL_RUNNING
                 return still
             time.sleep(0.001)
         return ""
@@ -2965,24 +2963,22 @@ class CommandServer(ServerProcess):
     def unsettled(self, client_ports: list[int]) -> str:
         """What the server has still not done that wait_until_settled waits for, or ""."""
         table = tcp_table(self.port)
-        server_ends = {entry.remote_port for entry in table if entry.local_port == self.port}
-        client_ends = {entry.local_port for entry in table if entry.remote_port == self.port}
-        for entry in table:
-            if entry.local_port == self.port:  # the listener, or the server's end of a client
-                if entry.state == TCP_SYN_RECV or (entry.state == TCP_LISTEN and entry.rx_queue):
-                    return "accepted every connection"
-                if entry.state != TCP_LISTEN and entry.rx_queue:
-                    return "read every byte sent to it"
-                # Our end is gone at once when we reset, but a busy kernel may not yet have
-                # delivered the reset to the server's end, which stays established till then.
-                gone = entry.remote_port in client_ports and entry.remote_port not in client_ends
-                if entry.state == TCP_ESTABLISHED and gone:
-                    return "received every reset sent to it"
-            elif entry.remote_port == self.port and entry.local_port in client_ports:
-                if entry.tx_queue or entry.state in (TCP_SYN_SENT, TCP_FIN_WAIT1):
-                    return "received every byte and FIN sent to it"
-                if entry.state == TCP_ESTABLISHED and entry.local_port not in server_ends:
-                    return "accepted every connection"
+        theirs = [e for e in table if e.local_port == self.port]  # its listeners, its ends
+        ours = [e for e in table if e.remote_port == self.port and e.local_port in client_ports]
+        accepted = {e.remote_port for e in theirs}
+        if any(e.state == TCP_SYN_RECV or (e.state == TCP_LISTEN and e.rx_queue) for e in theirs):
+            return "accepted every connection"
+        if any(e.state == TCP_ESTABLISHED and e.local_port not in accepted for e in ours):
+            return "accepted every connection"
+        if any(e.state != TCP_LISTEN and e.rx_queue for e in theirs):
+            return "read every byte sent to it"
+        if any(e.tx_queue or e.state in (TCP_SYN_SENT, TCP_FIN_WAIT1) for e in ours):
+            return "received every byte and FIN sent to it"
+        # Our end is gone at once when we reset, but a busy kernel may not yet have delivered
+        # the reset to the server's end, which stays established till then.
+        reset = set(client_ports) - {e.local_port for e in ours}
+        if any(e.state == TCP_ESTABLISHED and e.remote_port in reset for e in theirs):
+            return "received every reset sent to it"
         # Asked after the table: asleep now, it has acted on all that the table showed read.
         if not self.spins and any(is_running(pid) for pid in self.group):
             return STILL_RUNNING
@@ -3031,18 +3027,15 @@ class TcpEntry:
 
 
 def tcp_table(port: int) -> list[TcpEntry]:
-    """The TCP sockets with port at either end (Linux), but those in TIME_WAIT: asked of the
-    kernel (inet_diag). /proc/net/tcp lists TIME_WAIT too: after a test run it holds thousands
-    of lines and takes over 10 ms to read, and make check asks at every server line."""
-    entries = [
-        entry for family in (socket.AF_INET, socket.AF_INET6) for entry in tcp_sockets(family)
-    ]
+    """The TCP sockets with port at either end (Linux), but those in TIME_WAIT. /proc/net/tcp
+    lists TIME_WAIT too: after a test run, thousands of lines, over 10 ms to read."""
+    entries = [*tcp_sockets(socket.AF_INET), *tcp_sockets(socket.AF_INET6)]
     return [entry for entry in entries if port in (entry.local_port, entry.remote_port)]
 
 
 def tcp_sockets(family: int) -> Iterator[TcpEntry]:
-    """Every TCP socket of family but those in TIME_WAIT, read from the netlink messages
-    (each an inet_diag_msg) that answer a dump request."""
+    """Every TCP socket of family but those in TIME_WAIT, from the netlink messages (each an
+    inet_diag_msg) that answer a dump request."""
     states = 0x1FFF & ~(1 << TCP_TIME_WAIT)  # a bit per state: all 13 (NEW_SYN_RECV too) but one
     header = struct.pack("=IHHII", 72, SOCK_DIAG_BY_FAMILY, NLM_F_DUMP_REQUEST, 0, 0)
     request = struct.pack("=BBxxI48x", family, socket.IPPROTO_TCP, states)  # inet_diag_req_v2
@@ -3065,16 +3058,14 @@ def tcp_sockets(family: int) -> Iterator[TcpEntry]:
 
 
 def listening_host(port: int) -> str | None:
-    """Where to connect to whatever listens on port, or None if nothing does yet.
-    Linux: from the kernel's table, without connecting. Elsewhere: by connecting."""
-    if not sys.platform.startswith("linux"):
-        for host in ("127.0.0.1", "::1"):
-            with contextlib.suppress(OSError), socket.create_connection((host, port), 0.1):
-                return host
-        return None
-    for entry in tcp_table(port):
-        if entry.local_port == port and entry.state == TCP_LISTEN:
-            return reachable(entry.local_address)
+    """Where to connect to whatever listens on port, or None if nothing does yet: on Linux
+    from the kernel's table, without connecting; elsewhere by connecting."""
+    if sys.platform.startswith("linux"):
+        listeners = [e for e in tcp_table(port) if e.local_port == port and e.state == TCP_LISTEN]
+        return reachable(listeners[0].local_address) if listeners else None
+    for host in ("127.0.0.1", "::1"):
+        with contextlib.suppress(OSError), socket.create_connection((host, port), 0.1):
+            return host
     return None
 
 
@@ -3106,7 +3097,8 @@ MODES_OF = {"server": ("ack", "broadcast"), "ack": ("ack",), "broadcast": ("broa
 
 
 class OutOfTime(BaseException):
-    """Ends hypothesis's search at once: as an Exception, it would be a failure to shrink."""
+    """Ends hypothesis's search at once (with why, if not the time): as an Exception, it
+    would be a failure to shrink."""
 
 
 def check(
@@ -3135,7 +3127,7 @@ def results(
     command: str, modes: tuple[str, ...], examples: int, deadline: float
 ) -> Iterator[tuple[str, str | None, list[str]]]:
     """(name, first difference or None, notes) of each transcript of these modes against
-    command, then of generated sessions. Once the server does not start, none is run."""
+    command, then of generated sessions; once the server does not start, none is run."""
     transcripts = transcripts_of(modes)
     names = [t.name for t in transcripts] + ([generated_name(modes)] if examples else [])
     for index, transcript in enumerate(transcripts):
@@ -3149,7 +3141,7 @@ def results(
         except TranscriptError as error:
             yield transcript.name, error.summary, error.notes
         except Exception as error:  # a harness error is reported too, not a traceback
-            yield transcript.name, f"{type(error).__name__}: {error}".splitlines()[0], []
+            yield transcript.name, first_line(error), []
         else:
             yield transcript.name, None, notes
     if examples:
@@ -3163,8 +3155,11 @@ def transcripts_of(modes: Sequence[str]) -> list[Transcript]:
 
 
 def generated_name(modes: tuple[str, ...]) -> str:
-    """The report's name for the generated sessions of these modes."""
     return f"generated sessions ({' and '.join(modes)})"
+
+
+def first_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}".splitlines()[0]
 
 
 def generated_result(
@@ -3173,7 +3168,7 @@ def generated_result(
     """Generated sessions against command, as the model predicts; a failing one, shrunk until
     deadline (at most SHRINK_SECONDS), ends the difference as a transcript to save."""
     failures: list[tuple[tuple[int, int], str, TranscriptError]] = []  # (size, text, error)
-    ran, start_failure = 0, ""
+    ran = 0
 
     @settings(
         max_examples=examples,
@@ -3186,7 +3181,7 @@ def generated_result(
     @given(sessions(modes))
     def replay_generated(session: tuple[str, list[Action]]) -> None:
         """Replay one session against command, keeping it if it fails, until deadline."""
-        nonlocal ran, deadline, start_failure
+        nonlocal ran, deadline
         if time.monotonic() > deadline:
             raise OutOfTime
         ran += 1
@@ -3200,25 +3195,23 @@ def generated_result(
             deadline = min(deadline, time.monotonic() + SHRINK_SECONDS)
             raise
         except StartError as error:  # a failure, but not of this session: don't shrink it
-            start_failure = f"session {ran}: {error}".splitlines()[0]
-            raise OutOfTime from None
+            raise OutOfTime(f"session {ran}: {error}".splitlines()[0]) from None
 
-    found: Exception | None = None
-    with contextlib.suppress(OutOfTime):
-        try:
-            replay_generated()
-        except Exception as error:  # the failure, or hypothesis's word that it was unsteady
-            found = error
+    stopped: BaseException | None = None
+    try:
+        replay_generated()
+    except (OutOfTime, Exception) as error:  # the time, a failure, or hypothesis: unsteady
+        stopped = error
     name = generated_name(modes)
     if failures:
         _, text, smallest = min(failures, key=lambda failure: failure[0])
-        flaky = ["it did not fail every time it was replayed"] if isinstance(found, Flaky) else []
+        flaky = ["it did not fail every time it was replayed"] if isinstance(stopped, Flaky) else []
         shrunk = textwrap.indent(text, "    ").rstrip("\n")
         return name, f"{smallest.summary}; the session, shrunk:\n{shrunk}", smallest.notes + flaky
-    if found is not None:  # not a difference on the wire: the harness failed
-        return name, f"{type(found).__name__}: {found}".splitlines()[0], []
-    if start_failure:
-        return name, start_failure, []
+    if isinstance(stopped, OutOfTime) and stopped.args:  # the server did not start
+        return name, stopped.args[0], []
+    if isinstance(stopped, Exception):  # not a difference on the wire: the harness failed
+        return name, first_line(stopped), []
     notes = [] if ran >= examples else [f"only {ran} of {examples} ran in the time"]
     return f"{name}: {ran}, each as the model predicts", None, notes
 
@@ -3286,8 +3279,8 @@ def checked(name: str) -> list[str]:
 
 @linux_only
 def test_check_passes_our_own_server() -> None:
-    """`check` against this server: every transcript passes and so do the generated
-    sessions (three here), the report ends with the counts, and the exit status is 0."""
+    """`check --examples 3` against this server: every transcript and the generated sessions
+    pass, the report ends with the counts, and the exit status is 0."""
     our_server = check_command_line()
     command = [sys.executable, __file__, "check", "--server", our_server, "--examples", "3"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=90)
@@ -3305,11 +3298,9 @@ def test_check_passes_our_own_server() -> None:
 def test_check_fails_each_broken_server_on_exactly_the_transcripts_that_show_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Against a server with one mistake put back, the check fails exactly the transcripts
-    that show that mistake, each on one line with what was expected and what arrived.
-    Against the one that answers b"ACK\n", the generated sessions fail too, with the
-    session, shrunk, as a transcript: it passes against our server and fails against
-    that one."""
+    """Each fails on one line with what was expected and what arrived. Against the one that
+    answers b"ACK\n", the generated sessions fail too, with the session, shrunk, as a
+    transcript: it passes against our server and fails against that one."""
     monkeypatch.setattr(sys.modules[__name__], "CHECK_WAIT", 1.0)  # a missing byte: sooner
     monkeypatch.setattr(sys.modules[__name__], "SHRINK_SECONDS", 1.0)
     command = check_command_line(["ack-with-newline"])
@@ -3368,9 +3359,7 @@ def test_check_fails_at_once_when_the_server_exits() -> None:
 
 
 def main(argv: list[str]) -> int:
-    """`python test_transcripts.py record [FILE...]`: rewrite transcripts from the server;
-    `check --server CMD`: check another server; `server NAME MODE ...`: run a changed
-    server; `table`: what fails on each broken one; `pythons`: the CPythons here."""
+    """`python test_transcripts.py record|check|server|table|pythons ...` (see __doc__)."""
     commands: dict[str, Callable[[list[str]], int]] = {
         "record": record_main,
         "check": check_main,

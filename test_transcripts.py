@@ -471,11 +471,10 @@ def server_command(interpreter: list[str] | None = None, changes: Sequence[str] 
     return [*interpreter, __file__, "server", ",".join(changes)]
 
 
-# Held while a server starts and while a client closes, so that the two never overlap: a
-# process is started by a fork, which copies every descriptor of this process, and the copy
-# lives until the child runs the server. A client closed meanwhile in another thread (make
-# check, and the CPython test, replay side by side) would send its FIN or reset only then,
-# after the steps that follow it.
+# Held while a server starts and while a client closes: the fork that starts a process copies
+# every descriptor of this one, and the copy lives until the child runs the server, so a client
+# closed meanwhile in another thread (make check and the CPython test replay side by side)
+# would send its FIN or reset only then, after the steps that follow it.
 STARTING = threading.Lock()
 
 
@@ -549,7 +548,6 @@ class ServerProcess:
                 return match
 
     def expect_lines(self, pattern: str, count: int, timeout: float | None = None) -> None:
-        """expect_line, count times: e.g. a "connected" line for each of count clients."""
         for _ in range(count):
             self.expect_line(pattern, timeout)
 
@@ -575,9 +573,8 @@ class ServerProcess:
         """Make sure the process is gone, and its clients' sockets closed."""
         for client in self.clients:
             client.close()  # under STARTING, as every close is
-        if self.child.proc.poll() is None:
-            self.child.proc.kill()
-            self.child.proc.wait(timeout=WAIT)
+        self.child.proc.kill()  # nothing, if it has exited
+        self.child.proc.wait(timeout=WAIT)
 
 
 StartServer = Callable[..., ServerProcess]
@@ -719,7 +716,6 @@ def connect(server: ServerProcess, count: int) -> list[Client]:
 
 
 def assert_acked(client: Client, data: bytes) -> None:
-    """The client sends data and is answered with one ACK."""
     client.send(data)
     assert client.receive(3) == b"ACK"
 
@@ -2045,8 +2041,7 @@ def test_flood_drops_the_non_reader_and_keeps_the_slow_reader(start_server: Star
 
 
 def test_one_mebibyte_in_ack_mode_earns_only_whole_acks(start_server: StartServer) -> None:
-    """1 MiB sent at once is read in several chunks: one whole ACK per chunk the server
-    logged, and the chunks add up to the 1 MiB."""
+    """Read in chunks: one whole ACK per chunk the server logged; the chunks add up to 1 MiB."""
     server = start_server("ack")
     client = Client(server)
     client.send(bytes(1 << 20))
@@ -2064,7 +2059,6 @@ def test_one_mebibyte_in_ack_mode_earns_only_whole_acks(start_server: StartServe
 def test_one_mebibyte_in_broadcast_mode_reaches_every_other_client_whole(
     start_server: StartServer,
 ) -> None:
-    """1 MiB sent at once reaches each other client exactly, in order, and not the sender."""
     server = start_server("broadcast", "--quiet")
     payload = random.Random(1).randbytes(1 << 20)
     sender, *receivers = connect(server, 3)
@@ -2183,8 +2177,7 @@ def test_accept_is_retried_when_no_client_can_leave(start_server: StartServer) -
 
 
 def test_fifty_broadcasters_each_get_all_the_others_in_order(start_server: StartServer) -> None:
-    """50 clients each send 100 numbered messages at once: each receives the other 49 x 100,
-    each sender's in order, and none of its own."""
+    """50 clients each send 100 numbered messages at once; each gets the others', not its own."""
     server = start_server("broadcast", "--quiet")
     socks = [client.sock for client in connect(server, 50)]
     outgoing = {sock: [b"c%02dm%03d;" % (i, m) for m in range(100)] for i, sock in enumerate(socks)}
@@ -2227,10 +2220,9 @@ def test_two_hundred_clients_in_lock_step_get_one_ack_per_message(
 
 @linux_only
 def test_idle_server_with_a_hundred_silent_clients_uses_no_cpu(start_server: StartServer) -> None:
-    """An idle server sleeps in select(): 100 connected, silent clients cost next to no CPU."""
     server = start_server("broadcast", "--quiet")
     connect(server, 100)
-    assert idle_cpu_seconds(server) < 0.05
+    assert idle_cpu_seconds(server) < 0.05  # it sleeps in select()
     server.stop()
 
 
@@ -2252,9 +2244,8 @@ def test_clients_that_leave_at_once_are_dropped_alone(start_server: StartServer)
 def test_half_closed_client_gets_its_whole_backlog_first(start_server: StartServer) -> None:
     """A client owed a backlog when it half-closes still receives all of it, in order, and
     nothing sent after it hung up, before the server closes it."""
-    # Small kernel buffers, so that most of the 512 KiB waits in the server. All it is owed
-    # is under B/2, so rule 4 wants all of it taken within the grace: --grace 10 gives the
-    # reader room, however busy the machine is.
+    # Small kernel buffers, so that most of the 512 KiB waits in the server. It is owed less
+    # than B/2, so rule 4 wants it all taken within the grace: 10 s, however busy the machine.
     server = start_server("broadcast", "--quiet", "--grace", "10", changes=["small-send-buffer"])
     payload = bytes(range(256)) * 2048
     slow = Client(server, rcvbuf=4096)
@@ -2311,8 +2302,7 @@ def serve_and_exit_cleanly(server: subprocess.Popen[str], port: int) -> None:
 
 
 def test_server_outlives_the_reader_of_its_log() -> None:
-    """When the pipe that reads the log closes (`| head`), the server serves on, and still
-    exits cleanly on a signal."""
+    """When the log's reader is gone (`| head`), the server serves on, and exits cleanly."""
     command = [*server_command(), "ack", "--port", "0"]
     with popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as server:
         assert server.stdout is not None
@@ -2324,8 +2314,7 @@ def test_server_outlives_the_reader_of_its_log() -> None:
 
 @linux_only
 def test_server_outlives_a_full_disk_for_its_log() -> None:
-    """When writing the log fails otherwise (ENOSPC: /dev/full is a disk that is always
-    full), the server serves on too, and exits cleanly on a signal."""
+    """Nor does ENOSPC (/dev/full is a disk that is always full) stop it or its clean exit."""
     port = free_port()  # the log that would say which port is lost
     command = [*server_command(), "ack", "--port", str(port)]
     errors = subprocess.PIPE

@@ -1434,7 +1434,7 @@ class Reader:
     stall; at once if hurry is set) until stop is set or the server closes sock. It counts
     the bytes, keeps those but the flood's b".", and notes when each b"<N>" came (arrived)."""
 
-    def __init__(self, sock: socket.socket, stop: threading.Event, rate: float = math.inf):
+    def __init__(self, sock: socket.socket, stop: threading.Event, rate: float = math.inf) -> None:
         self.count = 0
         self.other = b""
         self.arrived: dict[int, float] = {}
@@ -1571,7 +1571,8 @@ def what_is_wrong(me: int, plans: list[Plan], received: bytes) -> list[str]:
 
 def test_clients_that_send_and_close_at_once_lose_nothing(start_server: StartServer) -> None:
     """Broadcast: 400 clients in turn send a message and close at once (`printf hi | nc
-    -N`): each is still read to its end, even when a relay to it failed first."""
+    -N`). A client that left is still read to its end, even when a relay to it failed
+    first: the client that stays gets each message exactly once."""
     server = start_server("broadcast", "--quiet")
     plans = [Plan(1, "closes")] * 400 + [Plan(0, "stays")]
     [stays] = connect(server, 1)
@@ -1614,7 +1615,8 @@ def wait_until_all_is_read(server: ServerProcess, plans: list[Plan], names: dict
 )
 def test_concurrent_generated_sessions_lose_nothing(plans: list[Plan]) -> None:
     """Broadcast: while the server is stopped (SIGSTOP), 2-5 clients send their numbered
-    messages and end as planned; each gets what the model can still predict."""
+    messages and end as planned; each gets what the model can still predict (see
+    what_is_wrong)."""
     with ServerProcess("broadcast") as server:  # not --quiet: the log shows what it read
         observer, *clients = connect(server, 1 + len(plans))
         names = {client.address: f"c{i}" for i, client in enumerate(clients, 1)}
@@ -1651,7 +1653,8 @@ def test_a_reset_that_send_finds_first_is_logged_as_a_reset(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Broadcast: bob resets just after select() returns, so the relay's send() finds the
-    reset and recv() then reads an EOF: the log gives the first cause, the reset."""
+    reset and recv() then reads an EOF. The log gives the first thing that went wrong,
+    "connection reset", not "closed by client"."""
     lines: list[str] = []
     monkeypatch.setattr(select_server, "log", lines.append)
     reset_bob: list[Client] = []
@@ -1680,7 +1683,8 @@ def test_a_reset_that_send_finds_first_is_logged_as_a_reset(
 @linux_only
 def test_memory_does_not_grow_with_the_number_of_clients(start_server: StartServer) -> None:
     """Broadcast: 500 non-readers, and a client that sends flat out. A chunk owed to many is
-    kept once: peak memory under 64 MB (a copy each: about 500 MB); all 500 are dropped."""
+    kept once: peak memory under 64 MB (a copy each: about 500 MB); all are dropped as too
+    slow."""
     raise_own_nofile_limit(700)
     # Small kernel buffers: else each non-reader's takes megabytes before it is owed a byte.
     options = {"changes": ["small-send-buffer"], "preexec_fn": nofile_limit(1024)}
@@ -1737,7 +1741,8 @@ def test_a_crowd_that_never_reads_cannot_pin_memory(start_server: StartServer) -
 
 def test_a_round_out_of_room_lets_the_next_begin_where_it_stopped() -> None:
     """Five clients always have more to send than a round has room for (two chunks): each
-    round begins with the first client the last did not read, so three rounds read all."""
+    round begins with the first client the last did not read, so three rounds read all
+    (the same order every round would read the first two again and again)."""
     server = Server(select_server.open_listener("127.0.0.1", 0), select_server.Settings("ack"))
     senders = []
     for _ in range(5):
@@ -1941,7 +1946,8 @@ def test_reader_just_above_the_slowest_rate_is_kept_and_the_chat_stays_fast(
 def test_reader_four_times_the_slowest_rate_is_kept_and_gets_every_byte(
     start_server: StartServer,
 ) -> None:
-    """It falls behind again and again, gets back to half the limit in time each time."""
+    """While the room floods, the reader falls behind again and again, each time gets
+    back to half the limit in time, and gets every byte."""
     server = start_server("broadcast", *RULE_ARGS)
     read, _ = chat_past_a_paced_reader(server, 4 * SLOWEST_KEPT, 4 * RULE_GRACE)
     assert read > 3 * RULE_BUFFER, f"the reader read only {read} bytes: not behind often"

@@ -1390,7 +1390,7 @@ SLOWEST_KEPT = RULE_BUFFER / 2 / RULE_GRACE
 class Flood:
     """A thread that sends on sock, size bytes a send(), as fast as the server takes them,
     the stream whose byte k is unit[k % len(unit)], until it has sent total bytes (if given)
-    or is stopped; as a context manager, however the test ends."""
+    or is stopped: by stop(), or by the end of its with block, however the test ends."""
 
     def __init__(
         self, sock: socket.socket, unit: bytes, total: int | None = None, size: int = 65536
@@ -1432,7 +1432,7 @@ class Flood:
 class Reader:
     """A thread that reads sock at rate bytes per second (ahead of none, catching up after a
     stall; at once if hurry is set) until stop is set or the server closes sock. It counts
-    the bytes, keeps those but the flood's b".", and notes when each b"<N>" came (arrived)."""
+    the bytes, keeps all but the flood's b".", and notes when each b"<N>" came (arrived)."""
 
     def __init__(self, sock: socket.socket, stop: threading.Event, rate: float = math.inf) -> None:
         self.count = 0
@@ -1766,8 +1766,9 @@ def test_a_round_out_of_room_lets_the_next_begin_where_it_stopped() -> None:
 @timing
 @linux_only
 def test_ack_client_that_never_reads_its_acks_is_dropped_alone(start_server: StartServer) -> None:
-    """Ack, --grace 1: a flooder that never reads its ACKs is not read while one waits, and
-    is dropped after the grace, saying why; another client's round trips are not held up."""
+    """Ack, --grace 1: a flooder that never reads its ACKs is not read while an ACK of its
+    own waits, and is dropped after the grace, saying why; another client's round trips
+    are never held up meanwhile."""
     server = start_server("ack", "--quiet", "--grace", "1", changes=["small-send-buffer"])
     flooder = Client(server, rcvbuf=2048)
     healthy = Client(server)
@@ -1775,8 +1776,8 @@ def test_ack_client_that_never_reads_its_acks_is_dropped_alone(start_server: Sta
     drops: dict[str, str] = {}
     slowest, round_trips = 0.0, 0
     deadline = time.monotonic() + 2 * WAIT
-    # A byte a send(), so that each earns an ACK of its own: 64 KiB a send() took so many
-    # sends to fill the flooder's buffers that 2 runs in 20 were not dropped in time.
+    # A byte a send(), so that each earns an ACK of its own and the flooder's buffers soon
+    # fill (64 KiB a send() earns one: 2 runs in 20 were not dropped in time).
     with Flood(flooder.sock, b"x", size=1) as flood:
         while not drops and time.monotonic() < deadline:
             started = time.monotonic()

@@ -1337,18 +1337,20 @@ def dropped(server: ServerProcess) -> dict[str, str]:
 # reads SLOWEST_KEPT bytes per second (256 KiB/s), plus what the kernel's buffers absorb.
 RULE_BUFFER = 262144
 RULE_GRACE = 0.5
-RULE_ARGS = ("--max-buffer", str(RULE_BUFFER), "--grace", str(RULE_GRACE))
+RULE_ARGS = ("--quiet", "--max-buffer", str(RULE_BUFFER), "--grace", str(RULE_GRACE))
 SLOWEST_KEPT = RULE_BUFFER / 2 / RULE_GRACE
 
 
 class Flood:
-    """A thread that sends on sock, as fast as the server takes it, the stream whose byte k
-    is unit[k % len(unit)], until it has sent total bytes (if given) or stop(). As a context
-    manager it stops however the test ends (before the server's kill() closes sock)."""
+    """A thread that sends on sock, size bytes a send(), as fast as the server takes them,
+    the stream whose byte k is unit[k % len(unit)], until it has sent total bytes (if given)
+    or is stopped: by stop(), or by the end of its with block, however the test ends."""
 
-    def __init__(self, sock: socket.socket, unit: bytes, total: int | None = None) -> None:
-        self.sock, self.unit, self.total = sock, len(unit), total
-        self.stream = memoryview(unit * (65536 // len(unit) + 2))
+    def __init__(
+        self, sock: socket.socket, unit: bytes, total: int | None = None, size: int = 65536
+    ) -> None:
+        self.sock, self.unit, self.total, self.size = sock, len(unit), total, size
+        self.stream = memoryview(unit * (size // len(unit) + 2))
         self.sent = 0  # bytes the kernel has taken so far
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
@@ -1359,11 +1361,9 @@ class Flood:
         with contextlib.suppress(OSError):  # the server dropped the sender
             while not self.stopping.is_set() and self.sent != self.total:
                 start = self.sent % self.unit
-                size = 65536 if self.total is None else min(65536, self.total - self.sent)
-                try:
+                size = self.size if self.total is None else min(self.size, self.total - self.sent)
+                with contextlib.suppress(socket.timeout):
                     self.sent += self.sock.send(self.stream[start : start + size])
-                except socket.timeout:
-                    continue
 
     def join(self, timeout: float = WAIT) -> int:
         """Wait (bounded) until the thread ends; return how many bytes were sent."""
@@ -1372,36 +1372,45 @@ class Flood:
         return self.sent
 
     def stop(self) -> int:
-        """Stop sending (bounded wait) and return how many bytes were sent."""
         self.stopping.set()
         return self.join()
 
     def __enter__(self) -> Flood:
         return self
 
-    def __exit__(self, *exception: object) -> None:
+    def __exit__(self, *exception: object) -> None:  # before the server's kill() closes sock
         self.stopping.set()
         self.thread.join(timeout=WAIT)
 
 
-@dataclass
-class Read:
-    """What a reader of a ChatRoom has read: how many bytes, the bytes other than the
-    flood's b".", and when each chat message b"<N>" arrived (arrived[N]); once hurry is
-    set, it reads the rest as fast as it comes."""
+class Reader:
+    """A thread that reads sock at rate bytes per second (ahead of none, catching up after a
+    stall; at once if hurry is set) until stop is set or the server closes sock. It counts
+    the bytes, keeps all but the flood's b".", and notes when each b"<N>" came (arrived)."""
 
-    count: int = 0
-    other: bytes = b""
-    arrived: dict[int, float] = field(default_factory=dict)
-    hurry: threading.Event = field(default_factory=threading.Event)
+    def __init__(self, sock: socket.socket, stop: threading.Event, rate: float = math.inf) -> None:
+        self.count = 0
+        self.other = b""
+        self.arrived: dict[int, float] = {}
+        self.hurry = threading.Event()
+        self.thread = threading.Thread(target=self.run, args=(sock, stop, rate))
+        self.thread.start()
 
-    def note(self, chunk: bytes) -> None:
-        """Note a chunk read."""
-        self.count += len(chunk)
-        self.other += chunk.translate(None, b".")
-        now = time.monotonic()
-        for match in re.finditer(rb"<(\d+)>", self.other):
-            self.arrived.setdefault(int(match[1]), now)
+    def run(self, sock: socket.socket, stop: threading.Event, rate: float) -> None:
+        started = time.monotonic()
+        most = 4096 if rate < math.inf else 1 << 20  # bytes a recv() takes, unless hurried
+        sock.settimeout(0.1)
+        with contextlib.suppress(ConnectionResetError):
+            while not stop.wait(self.pause(started, rate)):
+                with contextlib.suppress(socket.timeout):
+                    chunk = sock.recv(1 << 20 if self.hurry.is_set() else most)
+                    if not chunk:
+                        return
+                    self.count += len(chunk)
+                    self.other += chunk.translate(None, b".")
+                    now = time.monotonic()
+                    for match in re.finditer(rb"<(\d+)>", self.other):
+                        self.arrived.setdefault(int(match[1]), now)
 
     def pause(self, started: float, rate: float) -> float:
         """How long to wait before the next recv() to read at rate since started."""
@@ -1410,53 +1419,23 @@ class Read:
         return max(0.0, started + self.count / rate - time.monotonic())
 
 
-def read_paced(
-    sock: socket.socket, rate: float, stop: threading.Event, read: Read, most: int = 4096
-) -> None:
-    """Read sock at rate bytes per second (ahead of none, catching up after a stall), most
-    bytes at a time, noting it in read, until stop is set or the server closes sock."""
-    started = time.monotonic()
-    sock.settimeout(0.1)
-    while not stop.wait(read.pause(started, rate)):
-        try:
-            chunk = sock.recv(1 << 20 if read.hurry.is_set() else most)
-        except socket.timeout:
-            continue
-        except ConnectionResetError:
-            return
-        if not chunk:
-            return
-        read.note(chunk)
-
-
 class ChatRoom:
-    """A broadcast room of four clients, one of which floods it with b".": a reader that
-    reads at a set pace, and two that chat: chat() sends the next numbered message, and
-    the other notes when each arrives. All stop at the end of the with block."""
+    """A broadcast room: one client floods it with b".", a reader reads at reader_rate, and
+    chat() sends the next numbered message from chat_from to a fourth (heard). The flood
+    reaches the chat too, so both read as fast as it comes. All stop when the block ends."""
 
     def __init__(self, server: ServerProcess, reader_rate: float) -> None:
         self.reader = Client(server, rcvbuf=4096)
-        flooder = Client(server)
-        self.chat_from, self.chat_to = Client(server), Client(server)
+        flooder, self.chat_from, chat_to = Client(server), Client(server), Client(server)
         server.expect_lines("connected", 4)
         self.stop = threading.Event()
-        self.read, self.heard = Read(), Read()  # by the paced reader, by chat_to
+        self.read = Reader(self.reader.sock, self.stop, reader_rate)
+        self.heard = Reader(chat_to.sock, self.stop)
+        self.readers = [self.read, self.heard, Reader(self.chat_from.sock, self.stop)]
         self.sent_at: list[float] = []  # when each message was sent
-        readers = [  # rate, most bytes at a time, what it read; the chat is flooded too
-            (self.reader, reader_rate, 4096, self.read),
-            (self.chat_from, math.inf, 1 << 20, Read()),
-            (self.chat_to, math.inf, 1 << 20, self.heard),
-        ]
-        self.threads = [
-            threading.Thread(target=read_paced, args=(client.sock, rate, self.stop, read, most))
-            for client, rate, most, read in readers
-        ]
-        for thread in self.threads:
-            thread.start()
         self.flood = Flood(flooder.sock, b".")
 
     def chat(self) -> None:
-        """Send the next chat message, stamped with its number."""
         self.sent_at.append(time.monotonic())
         self.chat_from.send(b"<%d>" % (len(self.sent_at) - 1))
 
@@ -1477,16 +1456,16 @@ class ChatRoom:
     def __exit__(self, *exception: object) -> None:
         self.flood.stopping.set()
         self.stop.set()
-        for thread in [self.flood.thread, *self.threads]:
+        for thread in [self.flood.thread, *(reader.thread for reader in self.readers)]:
             thread.join(timeout=WAIT)
 
 
 def chat_past_a_paced_reader(
     server: ServerProcess, rate: float, seconds: float
 ) -> tuple[int, list[float]]:
-    """In a ChatRoom whose reader reads at rate, chat every 50 ms for seconds; then stop
-    the flood, check that the reader was kept, and let it hurry: it must get every byte,
-    the chat in order. Return how many bytes it read, and the chat's delays (s), sorted."""
+    """Chat every 50 ms for seconds past a reader at rate; stop the flood; the reader must
+    be kept and, hurried, get every byte, the chat in order. Return the bytes it read and
+    the chat's delays (s), sorted."""
     with ChatRoom(server, rate) as room:
         started = time.monotonic()
         while time.monotonic() - started < seconds:
@@ -1495,7 +1474,7 @@ def chat_past_a_paced_reader(
         sent = room.flood.stop()
         delays = sorted(room.delays().values())
         assert room.reader.address not in dropped(server)
-        room.read.hurry.set()  # the reader reads the rest as fast as it can
+        room.read.hurry.set()
         chat = b"".join(b"<%d>" % n for n in range(len(room.sent_at)))
         total = sent + len(chat)
         wait_for(lambda: room.read.count >= total, f"the reader to get all {total} bytes")
@@ -1509,16 +1488,15 @@ def chat_past_a_paced_reader(
 
 @dataclass(frozen=True)
 class Plan:
-    """What one client of a broadcast session sends, numbered messages, and how it ends:
-    it stays, half-closes, closes or resets."""
+    """One client of a broadcast session: how many numbered messages it sends, and whether
+    it then stays, half-closes, closes or resets."""
 
     messages: int
     ending: str
 
-
-def numbered(client: int, number: int) -> bytes:
-    """Message number of client (counted from 1): b'<c1m0>', b'<c1m1>', ..."""
-    return b"<c%dm%d>" % (client, number)
+    def sends(self, client: int) -> bytes:
+        """Its messages, as client number `client` (from 1): b'<c1m0><c1m1>...'."""
+        return b"".join(b"<c%dm%d>" % (client, number) for number in range(self.messages))
 
 
 def what_is_wrong(me: int, plans: list[Plan], received: bytes) -> list[str]:
@@ -1546,19 +1524,18 @@ def what_is_wrong(me: int, plans: list[Plan], received: bytes) -> list[str]:
 
 
 def test_clients_that_send_and_close_at_once_lose_nothing(start_server: StartServer) -> None:
-    """Broadcast: 400 clients, one after another, send one message and close at once (as
-    `printf hi | nc -N` does). The client that stays gets each exactly once: a client that
-    has left is still read to its end, even when a relay to it fails first."""
+    """Broadcast: 400 clients in turn send a message and close at once (`printf hi | nc
+    -N`). A client that left is still read to its end, even when a relay to it failed
+    first: the client that stays gets each message exactly once."""
     server = start_server("broadcast", "--quiet")
     plans = [Plan(1, "closes")] * 400 + [Plan(0, "stays")]
-    stays = Client(server)
-    server.expect_line("connected")
+    [stays] = connect(server, 1)
     for sender in range(1, 401):
         leaving = Client(server)
-        leaving.send(numbered(sender, 0))
+        leaving.send(plans[sender - 1].sends(sender))
         leaving.close()
     server.expect_lines("disconnected: ", 400)  # each, once read to its end
-    received = stays.receive(sum(len(numbered(sender, 0)) for sender in range(1, 401)))
+    received = stays.receive(sum(len(plan.sends(i)) for i, plan in enumerate(plans, 1)))
     assert_quiet(stays)
     problems = what_is_wrong(len(plans), plans, received)
     assert not problems, f"{len(problems)} wrong, the first: {problems[:10]}"
@@ -1566,17 +1543,14 @@ def test_clients_that_send_and_close_at_once_lose_nothing(start_server: StartSer
 
 
 END = b"<end>"  # sent last, by an observer: the bytes that end what a client receives
+ENDINGS = ["stays", "half-closes", "closes", "resets"]
 
 
 def wait_until_all_is_read(server: ServerProcess, plans: list[Plan], names: dict[str, str]) -> None:
-    """Wait (bounded) until the server's log shows it has read all it will of the clients:
-    each that leaves is logged as disconnected, and each byte of each that stays as sent."""
+    """Wait (bounded) until the log shows the server has read all it will: each client that
+    leaves is logged as disconnected, and each byte of each that stays as sent."""
     leaving = {f"c{i}" for i, plan in enumerate(plans, 1) if plan.ending != "stays"}
-    unread = {
-        f"c{i}": sum(len(numbered(i, m)) for m in range(plan.messages))
-        for i, plan in enumerate(plans, 1)
-        if plan.ending == "stays"
-    }
+    unread = {f"c{i}": len(p.sends(i)) for i, p in enumerate(plans, 1) if p.ending == "stays"}
     while leaving or any(unread.values()):
         line = server.expect_line(
             r"^(\S+) (?:(disconnected): |sent (b'.*?')(?:\.\.\. \((\d+) bytes\))?$)"
@@ -1589,26 +1563,21 @@ def wait_until_all_is_read(server: ServerProcess, plans: list[Plan], names: dict
             unread[name] -= int(line[4]) if line[4] else len(ast.literal_eval(line[3]))
 
 
-ENDINGS = ["stays", "half-closes", "closes", "resets"]
-
-
 @linux_only
 @given(
     st.lists(st.builds(Plan, st.integers(1, 4), st.sampled_from(ENDINGS)), min_size=2, max_size=5)
 )
 def test_concurrent_generated_sessions_lose_nothing(plans: list[Plan]) -> None:
-    """Broadcast: 2-5 clients connect, then, while the server is stopped (SIGSTOP), each
-    sends its numbered messages and ends as planned. Each gets what the model can still
-    predict (see what_is_wrong); Hypothesis prints the shrunk plans of a failure."""
+    """Broadcast: while the server is stopped (SIGSTOP), 2-5 clients send their numbered
+    messages and end as planned; each gets what the model can still predict (see
+    what_is_wrong)."""
     with ServerProcess("broadcast") as server:  # not --quiet: the log shows what it read
-        observer = Client(server)
-        clients = [Client(server) for _ in plans]
-        server.expect_lines("connected", 1 + len(plans))
+        observer, *clients = connect(server, 1 + len(plans))
         names = {client.address: f"c{i}" for i, client in enumerate(clients, 1)}
         freeze(server.pid)  # so that every send and ending below meets the server at once
         try:
             for i, (client, plan) in enumerate(zip(clients, plans), 1):
-                client.send(b"".join(numbered(i, number) for number in range(plan.messages)))
+                client.send(plan.sends(i))
                 if plan.ending == "half-closes":
                     client.half_close()
                 elif plan.ending in ("closes", "resets"):
@@ -1637,17 +1606,15 @@ def test_concurrent_generated_sessions_lose_nothing(plans: list[Plan]) -> None:
 def test_a_reset_that_send_finds_first_is_logged_as_a_reset(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Broadcast: bob resets just after select() returns, so the relay's send() to him
-    finds the reset, and the recv() after it reads only an EOF. The log gives the first
-    thing that went wrong, "connection reset", not "closed by client"."""
+    """Broadcast: bob resets just after select() returns, so the relay's send() finds the
+    reset and recv() then reads an EOF. The log gives the first thing that went wrong,
+    "connection reset", not "closed by client"."""
     lines: list[str] = []
     monkeypatch.setattr(select_server, "log", lines.append)
     reset_bob: list[Client] = []
 
-    def select_then_reset(
-        rlist: list[int], wlist: list[int], xlist: list[int], timeout: float | None
-    ) -> tuple[list[int], list[int], list[int]]:
-        ready = select.select(rlist, wlist, xlist, timeout)
+    def select_then_reset(*args: Any) -> tuple[list[int], list[int], list[int]]:
+        ready = select.select(*args)
         for bob in reset_bob[:1]:  # once, the moment it is asked to
             bob.close(reset=True)
             time.sleep(0.05)  # for the reset to arrive before the relay
@@ -1669,9 +1636,9 @@ def test_a_reset_that_send_finds_first_is_logged_as_a_reset(
 
 @linux_only
 def test_memory_does_not_grow_with_the_number_of_clients(start_server: StartServer) -> None:
-    """Broadcast: 500 clients that never read, and one that sends flat out. A chunk owed to
-    many is kept once, so the server's peak memory stays under 64 MB (a copy per client
-    needs about 500 MB); the non-readers are dropped as too slow."""
+    """Broadcast: 500 non-readers, and a client that sends flat out. A chunk owed to many is
+    kept once: peak memory under 64 MB (a copy each: about 500 MB); all are dropped as too
+    slow."""
     raise_own_nofile_limit(700)
     # Small kernel buffers: else each non-reader's takes megabytes before it is owed a byte.
     options = {"changes": ["small-send-buffer"], "preexec_fn": nofile_limit(1024)}
@@ -1692,9 +1659,8 @@ def test_memory_does_not_grow_with_the_number_of_clients(start_server: StartServ
 
 @linux_only
 def test_a_crowd_that_never_reads_cannot_pin_memory(start_server: StartServer) -> None:
-    """Broadcast, --max-buffer 8 MiB --grace 0.5: 100 clients are each owed megabytes, the
-    same bytes, kept once (peak memory under 64 MB, where copies hold about 500 MB), then
-    half-close without reading: each is dropped as too slow once its grace is over."""
+    """Broadcast, --max-buffer 8 MiB: 100 clients are owed megabytes each, the same bytes,
+    kept once (under 64 MB); they half-close unread and are dropped after their grace."""
     raise_own_nofile_limit(200)
     server = start_server("broadcast", "--quiet", "--max-buffer", str(8 << 20), "--grace", "0.5")
     sender = Client(server)
@@ -1709,8 +1675,7 @@ def test_a_crowd_that_never_reads_cannot_pin_memory(start_server: StartServer) -
     for client in crowd:
         client.half_close()
     # Two newcomers chat: by then the server has seen every half-close (sent earlier).
-    late, later = Client(server), Client(server)
-    server.expect_lines("connected", 2)
+    late, later = connect(server, 2)
     late.send(b"still serving?")
     assert later.receive(14) == b"still serving?"
     peak = memory_mb(server.pid)
@@ -1729,9 +1694,9 @@ def test_a_crowd_that_never_reads_cannot_pin_memory(start_server: StartServer) -
 
 
 def test_a_round_out_of_room_lets_the_next_begin_where_it_stopped() -> None:
-    """Five clients always have more to send than a round has room for (two chunks). Each
-    round begins with the first client the last did not read, so in three rounds all are
-    read; the same order every round would read the first two again and again."""
+    """Five clients always have more to send than a round has room for (two chunks): each
+    round begins with the first client the last did not read, so three rounds read all
+    (the same order every round would read the first two again and again)."""
     server = Server(select_server.open_listener("127.0.0.1", 0), select_server.Settings("ack"))
     senders = []
     for _ in range(5):
@@ -1755,9 +1720,9 @@ def test_a_round_out_of_room_lets_the_next_begin_where_it_stopped() -> None:
 @timing
 @linux_only
 def test_ack_client_that_never_reads_its_acks_is_dropped_alone(start_server: StartServer) -> None:
-    """Ack, --grace 1: a client that floods without reading its ACKs is not read while an
-    ACK of its own waits, and is dropped after the grace, saying why; another client's
-    round trips are never held up meanwhile."""
+    """Ack, --grace 1: a flooder that never reads its ACKs is not read while an ACK of its
+    own waits, and is dropped after the grace, saying why; another client's round trips
+    are never held up meanwhile."""
     server = start_server("ack", "--quiet", "--grace", "1", changes=["small-send-buffer"])
     flooder = Client(server, rcvbuf=2048)
     healthy = Client(server)
@@ -1765,23 +1730,17 @@ def test_ack_client_that_never_reads_its_acks_is_dropped_alone(start_server: Sta
     drops: dict[str, str] = {}
     slowest, round_trips = 0.0, 0
     deadline = time.monotonic() + 2 * WAIT
-
-    def flood() -> None:  # a byte per send(), so that every one earns an ACK of its own
-        with contextlib.suppress(OSError):  # ends when the server drops the flooder
-            while time.monotonic() < deadline:
-                flooder.sock.send(b"x")
-
-    thread = threading.Thread(target=flood)
-    thread.start()
-    while not drops and time.monotonic() < deadline:
-        started = time.monotonic()
-        healthy.send(b"still served?")
-        assert healthy.receive(3) == b"ACK"
-        slowest = max(slowest, time.monotonic() - started)
-        round_trips += 1
-        drops.update(dropped(server))
-    thread.join(timeout=WAIT)
-    assert not thread.is_alive(), "the flooder was never dropped"
+    # A byte a send(), so that each earns an ACK of its own and the flooder's buffers soon
+    # fill (64 KiB a send() earns one: 2 runs in 20 were not dropped in time).
+    with Flood(flooder.sock, b"x", size=1) as flood:
+        while not drops and time.monotonic() < deadline:
+            started = time.monotonic()
+            assert_acked(healthy, b"still served?")
+            slowest = max(slowest, time.monotonic() - started)
+            round_trips += 1
+            drops.update(dropped(server))
+        flood.thread.join(timeout=WAIT)  # it ends when the server drops the flooder
+        assert not flood.thread.is_alive(), "the flooder was never dropped"
     assert list(drops) == [flooder.address], drops
     owed, grace = too_slow(drops[flooder.address])
     assert 0 < owed <= 3 and grace == 1.0, drops  # the rest of one ACK
@@ -1793,8 +1752,8 @@ def test_ack_client_that_never_reads_its_acks_is_dropped_alone(start_server: Sta
 @timing
 @linux_only
 def test_hung_up_client_over_its_limit_holds_up_no_one(start_server: StartServer) -> None:
-    """Broadcast: a client over its limit that hangs up gets nothing new, so the client
-    that fed it is read again at once (here, to its end), not after the grace."""
+    """A client over its limit that hangs up gets nothing new, so the client that fed it is
+    read again at once (here, to its end), not after the grace."""
     server = start_server("broadcast", "--quiet", "--max-buffer", "65536", "--grace", "1")
     slow = Client(server, rcvbuf=4096)
     sender = Client(server)
@@ -1816,30 +1775,38 @@ def test_hung_up_client_over_its_limit_holds_up_no_one(start_server: StartServer
 
 
 CROWD = 200  # clients that send at the same moment
+# The crowd reads as fast as it can, but one loop reads its 200 clients in turn, so on a
+# loaded machine it comes back to each only so often: the default grace (2 s), not rule 4's
+# 0.5 s, leaves it room. B, the limit that bounds memory, is 256 KiB.
+CROWD_ARGS = ("--quiet", "--max-buffer", "262144")
 
 
 def crowd_sends_at_once(
     server: ServerProcess, messages: list[bytes], close: bool, take: Callable[[int, bytes], None]
 ) -> float:
-    """Connect a client per message; freeze the server, let each put its message in the
-    kernel's buffers, thaw it, and in one selector loop send the rest (then half-close, if
-    close) and read as fast as it comes, until each has its EOF (close) or all the others'
-    messages. Each chunk read goes to take(client's index, chunk) and is not kept (200
-    copies of 200 messages would cost memory and time). Return the server's growth, MB."""
+    """A client per message puts it in the kernel's buffers while the server is frozen; one
+    selector loop then sends the rest (and half-closes, if close) and reads until each has
+    its EOF (close) or all the others' messages, handing each chunk to take(client's index,
+    chunk), which keeps what it checks (200 x 200 messages are too many to keep). Return
+    how much the server grew, in MB."""
     raise_own_nofile_limit(len(messages) + 100)
     crowd = [client.sock for client in connect(server, len(messages))]
     before = memory_mb(server.pid, "VmRSS")
     expected = sum(len(message) for message in messages)
-    counts = dict.fromkeys(range(len(crowd)), 0)
-    unsent = {index: memoryview(message) for index, message in enumerate(messages)}
+    counts = [0] * len(crowd)
+    unsent = [memoryview(message) for message in messages]
     selector = selectors.DefaultSelector()
     for index, sock in enumerate(crowd):
         sock.setblocking(False)
         selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, index)
-    freeze(server.pid)
-    for index, sock in enumerate(crowd):
+
+    def send_more(index: int) -> None:
         with contextlib.suppress(BlockingIOError):
-            unsent[index] = unsent[index][sock.send(unsent[index]) :]
+            unsent[index] = unsent[index][crowd[index].send(unsent[index]) :]
+
+    freeze(server.pid)
+    for index in range(len(crowd)):
+        send_more(index)
     os.kill(server.pid, signal.SIGCONT)
     deadline = time.monotonic() + 3 * WAIT
     while selector.get_map():
@@ -1847,8 +1814,7 @@ def crowd_sends_at_once(
         for key, events in selector.select(timeout=WAIT):
             index, sock = key.data, crowd[key.data]
             if events & selectors.EVENT_WRITE:
-                with contextlib.suppress(BlockingIOError):
-                    unsent[index] = unsent[index][sock.send(unsent[index]) :]
+                send_more(index)
                 if not unsent[index]:
                     selector.modify(sock, selectors.EVENT_READ, index)
                     if close:
@@ -1864,20 +1830,14 @@ def crowd_sends_at_once(
     return memory_mb(server.pid) - before
 
 
-# The crowd reads as fast as it can, but one loop reads its 200 clients in turn, so on a
-# loaded machine it comes back to each only so often: the default grace (2 s), not rule 4's
-# 0.5 s, leaves it room. B, the limit that bounds memory, is 256 KiB.
-CROWD_ARGS = ("--quiet", "--max-buffer", "262144")
-
-
 @timing
 @linux_only
 def test_a_crowd_that_sends_at_once_is_served_whole_and_none_is_dropped(
     start_server: StartServer,
 ) -> None:
-    """Broadcast, --max-buffer 256 KiB: 200 clients each send 32 KiB at the same moment.
-    No one is owed more than B, so none is dropped, each gets the 199 others' messages
-    whole, and the server grows by under 8 MB (reading a chunk of each held 6.4 MB, twice)."""
+    """Broadcast: 200 clients send 32 KiB each at once. None is owed more than B, so none is
+    dropped, each gets the others' messages whole, and the server grows by under 8 MB
+    (reading a chunk of each held 6.4 MB, twice)."""
     server = start_server("broadcast", *CROWD_ARGS)
     echoed: set[int] = set()  # each byte value is one client's: none may get its own
     whole = {0: bytearray(), CROWD - 1: bytearray()}  # two clients' bytes, counted after
@@ -1904,17 +1864,14 @@ def test_a_crowd_that_sends_at_once_is_served_whole_and_none_is_dropped(
 def test_an_ack_crowd_that_sends_at_once_is_answered_in_bounded_memory(
     start_server: StartServer,
 ) -> None:
-    """Ack, --max-buffer 256 KiB: 200 clients each send 1 MiB at the same moment, then
-    half-close. A round reads at most B in all, so the server grows by under 8 MB (reading
-    a chunk of each held 12.8 MB); each gets whole ACKs, one per 64 KiB at least, then EOF."""
+    """Ack: 200 clients send 1 MiB each at once, then half-close. A round reads at most B in
+    all, so the server grows by under 8 MB (reading a chunk of each held 12.8 MB); each
+    gets whole ACKs, one per 64 KiB at least, then EOF."""
     server = start_server("ack", *CROWD_ARGS)
-    received = {index: bytearray() for index in range(CROWD)}
-
-    def take(index: int, chunk: bytes) -> None:
-        received[index] += chunk
-
-    grown = crowd_sends_at_once(server, [bytes(1 << 20)] * CROWD, close=True, take=take)
-    for index, acks in received.items():
+    received = [bytearray() for _ in range(CROWD)]
+    messages = [bytes(1 << 20)] * CROWD
+    grown = crowd_sends_at_once(server, messages, True, lambda i, chunk: received[i].extend(chunk))
+    for index, acks in enumerate(received):
         assert acks == select_server.ACK * (len(acks) // 3), f"client {index}: {acks[:30]!r}"
         assert len(acks) >= 3 * 16, f"client {index}: {len(acks) // 3} ACKs for 1 MiB"
     assert grown < 8, f"the server's memory grew by {grown:.1f} MB"
@@ -1926,11 +1883,10 @@ def test_an_ack_crowd_that_sends_at_once_is_answered_in_bounded_memory(
 def test_reader_just_above_the_slowest_rate_is_kept_and_the_chat_stays_fast(
     start_server: StartServer,
 ) -> None:
-    """Broadcast, --max-buffer 256 KiB --grace 0.5: a reader at 1.15 times the slowest
-    rate is kept and gets every byte while the room floods. While it is owed B no one else
-    is read, but it is tried every 20 ms, so the room moves as soon as it has drained: 9
-    chat messages in 10 take under 300 ms, none a whole grace (select() alone: about one)."""
-    server = start_server("broadcast", "--quiet", *RULE_ARGS)
+    """A reader at 1.15 times the slowest rate is kept with every byte. While it is owed B
+    no one else is read, but it is tried every 20 ms: 9 chat messages in 10 take under
+    300 ms, none a whole grace (select() alone: about one)."""
+    server = start_server("broadcast", *RULE_ARGS)
     _, delays = chat_past_a_paced_reader(server, 1.15 * SLOWEST_KEPT, 6 * RULE_GRACE)
     p90, longest = delays[len(delays) * 9 // 10], delays[-1]
     assert p90 < 0.3 and longest < RULE_GRACE, f"chat p90 {p90:.3f} s, longest {longest:.3f} s"
@@ -1945,10 +1901,9 @@ def test_reader_just_above_the_slowest_rate_is_kept_and_the_chat_stays_fast(
 def test_reader_four_times_the_slowest_rate_is_kept_and_gets_every_byte(
     start_server: StartServer,
 ) -> None:
-    """Broadcast, --max-buffer 256 KiB --grace 0.5: a reader at 1 MiB/s, four times the
-    slowest rate that stays, while the room floods (and chats). It falls behind again and
-    again, each time gets back to half the limit in time, and gets every byte."""
-    server = start_server("broadcast", "--quiet", *RULE_ARGS)
+    """While the room floods, the reader falls behind again and again, each time gets
+    back to half the limit in time, and gets every byte."""
+    server = start_server("broadcast", *RULE_ARGS)
     read, _ = chat_past_a_paced_reader(server, 4 * SLOWEST_KEPT, 4 * RULE_GRACE)
     assert read > 3 * RULE_BUFFER, f"the reader read only {read} bytes: not behind often"
     server.stop()
@@ -1959,11 +1914,9 @@ def test_reader_four_times_the_slowest_rate_is_kept_and_gets_every_byte(
 def test_reader_an_eighth_of_the_slowest_rate_is_dropped_and_the_room_moves_on(
     start_server: StartServer,
 ) -> None:
-    """Broadcast, --max-buffer 256 KiB --grace 0.5: a reader at 32 KiB/s, an eighth of the
-    slowest rate that stays, while the room floods. While it is behind, no one who feeds it
-    is read, so the chat waits; after the grace it is dropped as too slow, and within
-    grace + 1 s the chat takes under 50 ms again."""
-    server = start_server("broadcast", "--quiet", *RULE_ARGS)
+    """While the reader is behind, no one who feeds it is read, so the chat waits; after the
+    grace it is dropped as too slow, and within grace + 1 s the chat takes under 50 ms."""
+    server = start_server("broadcast", *RULE_ARGS)
     reason, dropped_after = "", 0.0
     with ChatRoom(server, SLOWEST_KEPT / 8) as room:
         started = time.monotonic()
@@ -1990,10 +1943,8 @@ def test_reader_an_eighth_of_the_slowest_rate_is_dropped_and_the_room_moves_on(
 @timing
 @linux_only
 def test_flood_drops_the_non_reader_and_keeps_the_slow_reader(start_server: StartServer) -> None:
-    """Broadcast, --grace 1: one client sends 32 MiB as fast as it can, one never reads,
-    one reads slowly and pauses. The slow reader gets every byte in order and is kept; the
-    non-reader is dropped within two graces, saying why; the server's memory stays well
-    under 40 MB, and it sleeps again once all is sent."""
+    """--grace 1: 32 MiB sent flat out. The slow reader, pausing, gets every byte in order;
+    the non-reader is dropped within two graces; memory stays under 40 MB; then it idles."""
     server = start_server("broadcast", "--quiet", "--grace", "1")
     block = random.Random(2).randbytes(1 << 20)
     total = 32 * len(block)
@@ -2027,14 +1978,13 @@ def test_flood_drops_the_non_reader_and_keeps_the_slow_reader(start_server: Star
     assert not reader.is_alive(), f"the slow reader has {count} of {total} bytes"
     assert line.string.startswith(never_reads.address), line.string
     assert re.fullmatch(r"too slow: still owed \d+ bytes after 1.0 s", line[1]), line[1]
-    # Two graces at most: the server's last try before dropping may find room the
-    # kernel made (its buffer grows), which gets the non-reader under once.
+    # Two graces at most: the server's last try before dropping may find room the kernel
+    # made (its buffer grows), which gets the non-reader under once.
     assert dropped_after < 2 * 1.0 + 1.5, f"non-reader dropped after {dropped_after:.1f} s"
     assert count == total and received.hexdigest() == hashlib.sha256(block * 32).hexdigest()
     peak = memory_mb(server.pid)
     assert peak < 40, f"peak RSS {peak:.0f} MB"
-    # The backlog is gone, so no socket is left in outputs: the server sleeps again.
-    assert idle_cpu_seconds(server) < 0.05
+    assert idle_cpu_seconds(server) < 0.05  # no backlog, no socket in outputs: it sleeps
     server.stop()
 
 

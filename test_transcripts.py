@@ -1739,7 +1739,7 @@ def test_ack_client_that_never_reads_its_acks_is_dropped_alone(start_server: Sta
             slowest = max(slowest, time.monotonic() - started)
             round_trips += 1
             drops.update(dropped(server))
-        flood.thread.join(timeout=WAIT)  # it ends when the server drops the flooder
+        flood.join()  # it ends when the server drops the flooder
         assert not flood.thread.is_alive(), "the flooder was never dropped"
     assert list(drops) == [flooder.address], drops
     owed, grace = too_slow(drops[flooder.address])
@@ -3095,10 +3095,12 @@ def transcripts_of(modes: Sequence[str]) -> list[Transcript]:
 
 
 def generated_name(modes: tuple[str, ...]) -> str:
+    """The report's name for the generated sessions of these modes."""
     return f"generated sessions ({' and '.join(modes)})"
 
 
 def first_line(error: BaseException) -> str:
+    """A harness error, as one line of the report."""
     return f"{type(error).__name__}: {error}".splitlines()[0]
 
 

@@ -34,8 +34,8 @@ LOG_PREVIEW = 32
 
 ACK = b"ACK"
 
-# While a client is not read because of what is owed, try to send what is owed this
-# often (seconds): see "the rules" below.
+# While any client is owed bytes, select() wakes this often (seconds): to judge those
+# clients in time (rule 4), and, while one holds the room, to try them all (rule 3).
 RETRY = 0.02
 
 # select() has a different limit on each OS (CPython's Modules/selectmodule.c). Linux and
@@ -191,8 +191,9 @@ class Server:
         while True:
             to_read, room = self.what_to_read()  # room: the most bytes this round reads
             held = len(to_read) < len(self.inputs)  # some client waits for what is owed
-            # No exceptional list: SO_OOBINLINE (see open_listener) makes urgent data ordinary.
-            timeout = self.seconds_to_sleep(held)
+            # While anyone is owed bytes, wake every RETRY seconds (see "the rules"). No
+            # exceptional list: SO_OOBINLINE (see open_listener) makes urgent data ordinary.
+            timeout = RETRY if self.outputs else None
             readable, writable, _ = select.select(to_read, self.outputs, [], timeout)
             if self.wakeup_fd in readable:
                 return signal.Signals(self.wakeup.recv(1)[0]).name
@@ -217,7 +218,8 @@ class Server:
                     self.write_to(self.clients[fd])
 
             # 4. drop the clients that took too little of what they are owed
-            self.drop_the_too_slow()
+            if self.outputs:
+                self.drop_the_too_slow()
 
     def close(self) -> None:
         """Close every socket: the listener, the wake-up pair and the clients'."""
@@ -227,7 +229,11 @@ class Server:
 
     # ------------------------------------------------------------ the rules
     # What is owed, and when a client is given up: the README's four rules, in its order.
-    # B is max_buffer, G is grace. (Rule 2, "a chunk is kept once", is relay()'s.)
+    # B is max_buffer, G is grace. (Rule 2, "a chunk is kept once", is relay()'s.) While
+    # a client holds the room (rule 3), every client owed bytes is tried each round, not
+    # only the writable ones: select() says "writable" only once a good part of a socket's
+    # buffer, which can be megabytes, is free, and the room would wait seconds for a
+    # client that has long made room.
 
     def owed_clients(self) -> list[Client]:
         """The clients that are owed bytes: the ones in outputs."""
@@ -290,8 +296,6 @@ class Server:
 
     def drop_the_too_slow(self) -> None:
         """Rule 4: drop each client whose G seconds are up before it took what it had to."""
-        if not self.outputs:
-            return  # the usual case
         now = time.monotonic()
         for client in [client for client in self.owed_clients() if client.deadline <= now]:
             self.write_to(client)  # one last try: it may have made room select() missed
@@ -302,18 +306,6 @@ class Server:
             else:
                 grace = self.settings.grace
                 self.drop(client, f"too slow: still owed {client.owed} bytes after {grace} s")
-
-    def seconds_to_sleep(self, held: bool) -> float | None:
-        """How long select() may sleep: to the next deadline, RETRY while a client is held."""
-        if not self.outputs:
-            return None  # the usual case: until something happens
-        # Rule 3: a client that is not read waits until some client owed bytes takes them.
-        # But select() says "writable" only once a good part of a socket's buffer is free,
-        # and that buffer can be megabytes: the room would wait seconds for a client that
-        # has long made room. So then every client owed bytes is tried every RETRY seconds.
-        if held:
-            return RETRY
-        return max(0.0, min(client.deadline for client in self.owed_clients()) - time.monotonic())
 
     # ------------------------------------------------------------ handlers
 
@@ -482,9 +474,8 @@ class Server:
 def open_listener(host: str, port: int) -> socket.socket:
     """Bind a non-blocking listening socket to host and port (IPv4 or IPv6)."""
     host = host.strip("[]") or "0.0.0.0"  # "[::1]" as we print it; "" as Python means it
-    family, _, _, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
+    found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, address = found[0]  # the first address that the name resolves to
     listener = socket.socket(family, socket.SOCK_STREAM)
     # Without SO_REUSEADDR a restart fails with "Address already in use" for as long as the
     # last run's connections linger in TIME_WAIT (a minute or more). Not on Windows, where

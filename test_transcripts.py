@@ -1739,8 +1739,7 @@ def test_ack_client_that_never_reads_its_acks_is_dropped_alone(start_server: Sta
             slowest = max(slowest, time.monotonic() - started)
             round_trips += 1
             drops.update(dropped(server))
-        flood.join()  # it ends when the server drops the flooder
-        assert not flood.thread.is_alive(), "the flooder was never dropped"
+        flood.join()  # it ends when the server drops the flooder: else this fails
     assert list(drops) == [flooder.address], drops
     owed, grace = too_slow(drops[flooder.address])
     assert 0 < owed <= 3 and grace == 1.0, drops  # the rest of one ACK

@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SOURCES := select_server.py test_transcripts.py bench.py
+SOURCES := select_server.py conftest.py test_transcripts.py tools
 PORT ?= 8000
 FUZZ_SECONDS ?= 600
 
@@ -13,22 +13,21 @@ test: venv
 	$(BIN)/ruff check --target-version py38 --line-length 100 --select E,W,F,I,UP,B,FA,SIM $(SOURCES)
 	$(BIN)/ruff format --check --line-length 100 $(SOURCES)
 	$(BIN)/mypy --strict $(SOURCES)
-	@$(BIN)/python test_transcripts.py pythons
-	$(BIN)/pytest -q -p no:cacheprovider -rs -n 3 --dist loadgroup test_transcripts.py
+	$(BIN)/pytest -p no:cacheprovider -rs -n 3 --dist loadgroup test_transcripts.py
 
 ack broadcast:
 	$(PYTHON) select_server.py $@ --port $(PORT)
 
 # Rewrites transcripts from what the server sends now: review with `git diff`.
 record: venv
-	@$(BIN)/python test_transcripts.py record $(T)
+	@$(BIN)/python -m tools.transcript record $(T)
 
 # Replays every transcript, and generated sessions, against any server and judges only
 # what its clients receive: make check SERVER='python3 my_server.py {mode} --port {port}'
 # or, one server per mode, make check ACK='...' BROADCAST='...'. The commands reach the
-# script through the environment, so the quotes in them stay as written.
+# program through the environment, so the quotes in them stay as written.
 check: venv
-	@$(BIN)/python test_transcripts.py check $${SERVER:+--server "$$SERVER"} \
+	@$(BIN)/python -m tools.check $${SERVER:+--server "$$SERVER"} \
 	  $${ACK:+--ack "$$ACK"} $${BROADCAST:+--broadcast "$$BROADCAST"}
 
 # Generated sessions for FUZZ_SECONDS (10 minutes), in rounds of 200 with new random
@@ -41,12 +40,12 @@ fuzz: venv
 	    test_transcripts.py -k generated_sessions || exit 1; \
 	done
 
-# Side by side with the asyncio peer in bench.py and, when it is there, the select()
+# Side by side with the asyncio peer in tools/bench.py and, when it is there, the select()
 # ceiling peer next to this repository (an optional extra): each row three times, the
 # servers taking turns to go first: about six minutes. `make test` runs only --smoke.
 CEILING := $(wildcard ../shared/peers/select_ceiling.py)
 bench:
-	$(PYTHON) bench.py --against asyncio $(if $(CEILING),--against 'python $(CEILING) {mode}') \
+	$(PYTHON) -m tools.bench --against asyncio $(if $(CEILING),--against 'python $(CEILING) {mode}') \
 	  --repeat 3 --seconds 1 --warmup 0.5
 
 # The Windows build of CPython, run under Wine on Linux: the official embeddable CPython

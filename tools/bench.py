@@ -1,17 +1,17 @@
 # SPDX-License-Identifier: 0BSD
 """Measure select_server.py over loopback, and optionally other servers side by side.
 
-    python bench.py                      # every row: about two minutes
-    python bench.py --smoke              # four tiny rows in about 2 s (for a test)
-    python bench.py --against asyncio    # and the asyncio server below, row by row
-    python bench.py --against 'python other_server.py {mode}' --against asyncio
-    python bench.py --rows 'broadcast|memory' --seconds 5 --warmup 2
-    python bench.py --against asyncio --repeat 3 --seconds 1 --warmup 0.5   # make bench
-    python bench.py --serve-asyncio broadcast --port 8000   # just run the asyncio server
+    python -m tools.bench                      # every row: about two minutes
+    python -m tools.bench --smoke              # four tiny rows in about 2 s (for a test)
+    python -m tools.bench --against asyncio    # and the asyncio server below, row by row
+    python -m tools.bench --against 'python other_server.py {mode}' --against asyncio
+    python -m tools.bench --rows 'broadcast|memory' --seconds 5 --warmup 2
+    python -m tools.bench --against asyncio --repeat 3 --seconds 1 --warmup 0.5   # make bench
+    python -m tools.bench --serve-asyncio broadcast --port 8000   # just run the asyncio server
 
 Each row starts a fresh server (`--server CMD`, default `python select_server.py {mode}
---quiet`, run from this file's folder with `--host 127.0.0.1 --port 0` appended; a leading
-`python` means the interpreter running bench.py), primes it with one connection, drives it
+--quiet`, run from the repository with `--host 127.0.0.1 --port 0` appended; a leading
+`python` means the interpreter running the bench), primes it with one connection, drives it
 from load-generator processes (this file run with --worker) and prints one line:
 
 - ack N clients: each client in lock-step (send 16 bytes, wait for exactly b"ACK");
@@ -44,7 +44,7 @@ machine both share the cores, so operations per second alone measure the pair. C
 read for the process started, so CMD must run the server itself, not a shell around it.
 `--against CMD` (repeatable) runs another server of the same command-line shape, row by
 row, the servers taking turns, and prints a ratio line for it. `--against asyncio` is
-short for `--against 'python bench.py --serve-asyncio {mode}'`: the idiomatic asyncio
+short for `--against 'python -m tools.bench --serve-asyncio {mode}'`: the idiomatic asyncio
 Protocol/Transport server of the same protocol, in this file (see serve_asyncio), so a
 clone of this repository can always compare with something. Exit status: 0, or 1 if any
 row failed. Linux only.
@@ -78,8 +78,8 @@ from typing import IO, Any, Callable, NamedTuple, Protocol, Sequence, cast
 
 HOST = "127.0.0.1"
 DEFAULT_SERVER = "python select_server.py {mode} --quiet"
-ASYNCIO_PEER = "python bench.py --serve-asyncio {mode}"  # --against asyncio
-HERE = os.path.dirname(os.path.abspath(__file__))
+ASYNCIO_PEER = "python -m tools.bench --serve-asyncio {mode}"  # --against asyncio
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 
 ACK = b"ACK"
 PAYLOAD = b"0123456789abcdef"  # what an ack client sends each round trip
@@ -920,7 +920,7 @@ def worker_main() -> int:
 #
 # What a Python programmer would write instead of a select() loop: asyncio's low-level
 # Protocol/Transport API, the idiomatic way, with no tuning. `--against asyncio` runs it
-# as `python bench.py --serve-asyncio {mode}`, in a process of its own. Like any asyncio
+# as `python -m tools.bench --serve-asyncio {mode}`, in a process of its own. Like any asyncio
 # server it gives every accepted socket TCP_NODELAY, and it never drops a client: what a
 # client cannot take yet waits in its transport's buffer, however much that grows.
 
@@ -1528,7 +1528,7 @@ def print_header(
 def server_argv(command: str, mode: str) -> list[str]:
     """A server command with {mode} filled in and where to listen appended."""
     argv = [word.replace("{mode}", mode) for word in shlex.split(command)]
-    if argv and argv[0] == "python":  # the interpreter running bench.py, not PATH's
+    if argv and argv[0] == "python":  # the interpreter running the bench, not PATH's
         argv[0] = sys.executable
     return argv + ["--host", HOST, "--port", "0"]
 
@@ -1555,7 +1555,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Read the command line."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.bench", description=__doc__, formatter_class=HelpFormatter
+    )
     parser.add_argument("--server", default=DEFAULT_SERVER, metavar="CMD", help="our server")
     parser.add_argument(
         "--against",

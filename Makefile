@@ -11,7 +11,7 @@ FUZZ_SECONDS ?= 600
 
 test: venv
 	$(BIN)/ruff check --target-version py38 --line-length 100 --select E,W,F,I,UP,B,FA,SIM $(SOURCES)
-	$(BIN)/ruff format --check --line-length 100 $(SOURCES)
+	$(BIN)/ruff format --check --target-version py38 --line-length 100 $(SOURCES)
 	$(BIN)/mypy --strict $(SOURCES)
 	$(BIN)/pytest -p no:cacheprovider -rs -n 3 --dist loadgroup test_transcripts.py
 

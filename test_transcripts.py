@@ -858,7 +858,7 @@ def serve_and_exit_cleanly(server: subprocess.Popen[str], port: int) -> None:
 def test_server_outlives_the_reader_of_its_log() -> None:
     """When the log's reader is gone (`| head`), the server serves on, and exits cleanly."""
     command = [*server_command(), "ack", "--port", "0"]
-    with popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as server:
+    with popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as server:
         assert server.stdout is not None
         match = LISTENING.search(server.stdout.readline())
         assert match is not None
@@ -871,8 +871,8 @@ def test_server_outlives_a_full_disk_for_its_log() -> None:
     """Nor does ENOSPC (/dev/full is a disk that is always full) stop it or its clean exit."""
     port = free_port()  # the log that would say which port is lost
     command = [*server_command(), "ack", "--port", str(port)]
-    errors = subprocess.PIPE
-    with open("/dev/full", "w") as full, popen(command, stdout=full, stderr=errors) as server:
+    options: dict[str, Any] = {"cwd": ROOT, "stderr": subprocess.PIPE}
+    with open("/dev/full", "w") as full, popen(command, stdout=full, **options) as server:
         serve_and_exit_cleanly(server, port)
 
 
@@ -886,7 +886,9 @@ def run_server(
     """Run the server to completion (it should exit at once) and capture its output."""
     command = [*server_command(interpreter, changes), *args]
     wait = WAIT if interpreter is None else WINE_WAIT
-    return subprocess.run(command, capture_output=True, text=True, timeout=wait, **options)
+    return subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=wait, **options
+    )
 
 
 def assert_usage_error(result: subprocess.CompletedProcess[str], message: str = "") -> None:

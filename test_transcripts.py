@@ -59,7 +59,7 @@ from unittest import mock
 
 import select_server
 from select_server import Client as ClientState
-from select_server import Server, describe, host_port
+from select_server import Server, Settings, describe, host_port
 
 HERE = Path(__file__).resolve().parent
 SERVER = HERE / "select_server.py"
@@ -1989,6 +1989,133 @@ def test_flood_drops_the_non_reader_and_keeps_the_slow_reader(start_server: Star
     peak = memory_mb(server.pid)
     assert peak < 40, f"peak RSS {peak:.0f} MB"
     assert idle_cpu_seconds(server) < 0.05  # no backlog, no socket in outputs: it sleeps
+    server.stop()
+
+
+# ---------------------------------------------------------------- issue 23: two defects under
+# a busy room. Each test is whole in itself; the first and the third fail on the server of
+# 37bc138 (a chunk cut to fit a round; two clients owed B each lose what they sent).
+
+
+@linux_only
+def test_a_chunk_sent_in_one_piece_is_not_cut_to_fit_a_round(start_server: StartServer) -> None:
+    """Broadcast, B 64 KiB: while the server is stopped, s sends 60,000 bytes, c a 10,002
+    byte message, d 1,000 bytes. The round reads s, then c whole though only 5,536 bytes
+    of its allowance are left (never a part, with d's bytes between the parts), then the
+    next round reads d: a reader gets s's bytes, c's message whole, then d's."""
+    server = start_server("broadcast", "--quiet", "--max-buffer", "65536")
+    s, c, d, reader = connect(server, 4)  # in this order in inputs, so read in it
+    message = b"<" + b"c" * 10000 + b">"
+    freeze(server.pid)  # so that all three are waiting when the round begins
+    try:
+        s.send(b"s" * 60000)
+        c.send(message)
+        d.send(b"d" * 1000)
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    received = reader.receive(60000 + len(message) + 1000)
+    assert received == b"s" * 60000 + message + b"d" * 1000, (
+        f"c's message is cut: {received[59990:60010]!r}...{received[-1010:-990]!r}"
+    )
+    server.stop()
+
+
+def test_a_round_takes_one_whole_read_past_its_allowance_and_no_more() -> None:
+    """Rule 3's bound, at each side: a receiver owed B - 1 leaves a round an allowance of
+    one byte, and the sender's 64 KiB chunk is read whole, so it is owed B + 65,535 bytes,
+    the most any client can be (B and one read, less a byte); then the sender is paused
+    (out of inputs), so that no round adds a byte more."""
+    limit = 65536  # B
+    settings = select_server.Settings("broadcast", quiet=True, max_buffer=limit)
+    server = Server(select_server.open_listener("127.0.0.1", 0), settings)
+    (receiver, _receiver_end), (sender, sender_end) = socket.socketpair(), socket.socketpair()
+    server.add_client(receiver, "receiver")
+    server.add_client(sender, "sender")
+    owed = server.clients[receiver.fileno()]
+    while not owed.outbox:  # its socket's buffers are full: the rest waits, counted
+        server.owe(owed, bytes(1024))
+    server.owe(owed, bytes(limit - 1 - owed.owed))
+    server.apply_the_rules()
+    assert (owed.owed, server.allowance) == (limit - 1, 1)
+    sender_end.sendall(bytes(select_server.RECV_SIZE))  # one send, one chunk
+    server.answer_or_relay(server.read([sender.fileno()]))
+    assert owed.owed == limit + select_server.RECV_SIZE - 1, owed.owed
+    server.apply_the_rules()
+    assert sender.fileno() not in server.inputs, "a sender to a full client is still read"
+    assert owed.owed == limit + select_server.RECV_SIZE - 1, owed.owed
+    server.close()
+    for sock in (_receiver_end, sender_end):
+        sock.close()
+
+
+@timing
+@linux_only
+def test_two_clients_that_hold_the_others_back_lose_nothing_when_given_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Broadcast, B 256 KiB, G 1 s: x and y never read, and a flood fills them until it is
+    held back (rule 3); then each sends a message and half-closes. Neither is read while
+    they hold the others back, so their EOFs are not seen; rule 4 gives both up after G:
+    they are sent nothing more and hold no one back, and what they sent is still read and
+    relayed (rule 1) before they are closed."""
+    lines: list[str] = []
+    monkeypatch.setattr(select_server, "log", lines.append)
+    rules = functools.partial(Settings, quiet=True, max_buffer=RULE_BUFFER, grace=1.0)
+    monkeypatch.setattr(select_server, "Settings", rules)
+    with server_in_this_process("broadcast", ["small-send-buffer"]) as running:
+        x, y = Client(running, rcvbuf=4096), Client(running, rcvbuf=4096)
+        hears, flooder = Client(running), Client(running)
+        wait_for(lambda: len(running.server.clients) == 4, "the four to be accepted")
+        stop = threading.Event()
+        heard = Reader(hears.sock, stop)
+        try:
+            with Flood(flooder.sock, b".") as flood:
+
+                def held_back() -> bool:  # the flood sends nothing for a tenth of a second
+                    sent = flood.sent
+                    time.sleep(0.1)
+                    return flood.sent == sent
+
+                wait_for(held_back, "the flood to be held back")
+                for number, client in enumerate([x, y], 1):
+                    client.send(b"<%d>" % number)
+                    client.half_close()
+                wait_for(lambda: {1, 2} <= set(heard.arrived), "x's and y's messages")
+        finally:
+            stop.set()
+            heard.thread.join(timeout=WAIT)
+    for client in (x, y):
+        reasons = [line for line in lines if line.startswith(f"{client.address} disconn")]
+        assert len(reasons) == 1 and "disconnected: too slow: still owed" in reasons[0], lines
+
+
+@timing
+@linux_only
+def test_a_client_given_up_that_sends_on_is_closed_after_one_more_grace(
+    start_server: StartServer,
+) -> None:
+    """Broadcast, B 256 KiB, G 0.5 s: x never reads and sends flat out; a feeder floods
+    the others, reading as it goes. Given up after G, x is still read (its bytes reach
+    the others), but for one more G only: closed within two graces and a second."""
+    server = start_server("broadcast", *RULE_ARGS, changes=["small-send-buffer"])
+    x = Client(server, rcvbuf=4096)
+    feeder, hears = Client(server), Client(server)
+    server.expect_lines("connected", 3)
+    stop = threading.Event()
+    readers = [Reader(feeder.sock, stop), Reader(hears.sock, stop)]
+    started = time.monotonic()
+    try:
+        with Flood(x.sock, b"x"), Flood(feeder.sock, b"."):
+            line = server.expect_line(r"^(\S+) disconnected: (.*)$", timeout=3 * WAIT)
+            dropped_after = time.monotonic() - started
+    finally:
+        stop.set()
+        for reader in readers:
+            reader.thread.join(timeout=WAIT)
+    assert line[1] == x.address, line.string
+    too_slow(line[2])
+    assert RULE_GRACE <= dropped_after < 2 * RULE_GRACE + 1.0, f"after {dropped_after:.2f} s"
+    assert b"x" in readers[1].other, "x's bytes never reached the others"
     server.stop()
 
 

@@ -59,6 +59,11 @@ OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 OUT_OF_RESOURCES |= {10024, 10055}
 ACCEPT_RETRY = 1.0
 
+# bind() to a port that another socket holds: EADDRINUSE, and on Windows WSAEADDRINUSE
+# (10048, which CPython reports as the errno itself: Objects/exceptions.c before 3.11,
+# PC/errmap.h since). The OS's own text differs (and Windows' is localised).
+ADDRESS_IN_USE = {errno.EADDRINUSE, 10048}
+
 # The signals that stop the server: Ctrl-C, `kill`, and Ctrl-Break on Windows (where
 # SIGTERM cannot be caught: os.kill() ends the process there and then).
 STOP_SIGNALS = [
@@ -150,6 +155,11 @@ def describe(data: bytes) -> str:
     if len(data) <= LOG_PREVIEW:
         return repr(data)
     return f"{data[:LOG_PREVIEW]!r}... ({len(data)} bytes)"
+
+
+def clients_counted(count: int) -> str:
+    """A count of clients in words: "1 client", "2 clients"."""
+    return "1 client" if count == 1 else f"{count} clients"
 
 
 def failure_reason(error: OSError) -> str:
@@ -273,8 +283,8 @@ class Server:
                 self.stop_accepting(reason)
                 return
             self.add_client(sock, host_port(address))
-        most = self.settings.max_clients
-        self.stop_accepting(f"{most} clients, the most allowed")
+        most = clients_counted(self.settings.max_clients)
+        self.stop_accepting(f"{most}, the most allowed")
 
     def add_client(self, sock: socket.socket, name: str) -> None:
         """Set up a new client's socket, and add it to clients and inputs."""
@@ -622,13 +632,22 @@ def open_listener(host: str, port: int) -> socket.socket:
     return listener
 
 
+def cannot_listen_reason(error: OSError | UnicodeError) -> str:
+    """Why open_listener() failed, with what to do if the port is taken."""
+    if isinstance(error, OSError) and error.errno in ADDRESS_IN_USE:
+        advice = "is another server running? pick another port with --port"
+        return f"address already in use; {advice}"
+    return str(error)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Listen, serve until a stop signal, close everything; return the exit status."""
     args = parse_args(argv)
     try:
         listener = open_listener(args.host, args.port)
     except (OSError, UnicodeError) as error:  # in use, no permission, no such host
-        print(f"cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
+        where, why = f"{args.host}:{args.port}", cannot_listen_reason(error)
+        print(f"cannot listen on {where}: {why}", file=sys.stderr)
         return 1
     settings = Settings(
         args.mode, args.quiet, args.max_clients, args.max_buffer, args.grace
@@ -652,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
     # an ignored one.
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
-    log(f"{signal_name}: closing {len(server.clients)} clients and exiting")
+    log(f"{signal_name}: closing {clients_counted(len(server.clients))} and exiting")
     signal.set_wakeup_fd(-1)  # before its socket closes: a late signal writes nowhere
     server.close()
     return 0

@@ -1000,7 +1000,7 @@ def replay(
         session.check_nothing_more()
         if session.judges_log:
             last = session.server.stop()
-            assert re.search(r"SIGINT: closing \d+ clients and exiting", last), last
+            assert re.search(r"SIGINT: closing \d+ clients? and exiting", last), last
         elif not re.search(LISTENING.pattern, session.server.output.getvalue(), re.I):
             session.notes.append(
                 "it printed no 'listening on HOST:PORT' line: "
@@ -2438,7 +2438,10 @@ def test_bad_arguments_give_usage_and_status_2(args: list[str]) -> None:
 @pytest.mark.parametrize(
     ("host", "ending"),
     [
-        ("127.0.0.1", "[Errno 98] Address already in use"),
+        (
+            "127.0.0.1",
+            "address already in use; is another server running? pick another port with --port",
+        ),
         ("no-such-host.invalid", ""),
         ("a..b", ""),
     ],
@@ -2915,6 +2918,28 @@ def test_readme_checks_fail_on_a_stale_readme() -> None:
         "README.md is not linked",
     ]:
         assert stale in problems, problems
+
+
+# ---------------------------------------------------------------- issue 23: a port in use, and
+# "1 client". Each test is whole in itself.
+
+
+def test_a_port_in_use_is_told_the_same_on_windows() -> None:
+    """Windows' WSAEADDRINUSE (10048, as CPython reports it), in whatever language its
+    text is, gets the same advice as Linux's EADDRINUSE."""
+    for code in (errno.EADDRINUSE, 10048):
+        reason = select_server.cannot_listen_reason(OSError(code, "localised text"))
+        assert reason == (
+            "address already in use; is another server running? pick another port with --port"
+        )
+    denied = OSError(errno.EACCES, "denied")
+    assert select_server.cannot_listen_reason(denied) == str(denied)  # the OS's own words
+
+
+def test_one_client_is_counted_as_one_client(start_server: StartServer) -> None:
+    server = start_server("ack", "--quiet")
+    connect(server, 1)
+    assert server.stop(signal.SIGTERM).strip() == "SIGTERM: closing 1 client and exiting"
 
 
 # ================================================================ 9. the benchmark's smoke run

@@ -3,6 +3,7 @@
 
     python select_server.py ack        # answer every chunk a client sends with b"ACK"
     python select_server.py broadcast  # relay every chunk to every *other* client
+    python select_server.py broadcast --trace  # and log each round of the loop
 
 Try it with `nc 127.0.0.1 8000` in two terminals. Standard library only, CPython 3.8+,
 on Linux, macOS and Windows. A chunk is whatever one recv() returned: not a line, not a
@@ -105,6 +106,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     quiet = "don't log every chunk received"
     parser.add_argument("--quiet", action="store_true", help=quiet)
+    trace = "log each round: the lists select() watched and returned, and each step"
+    parser.add_argument("--trace", action="store_true", help=trace)
     clients = f"clients served at once, at most {MOST_CLIENTS}; more wait until one "
     clients += "leaves"
     parser.add_argument("--max-clients", type=int, default=MOST_CLIENTS, help=clients)
@@ -237,6 +240,7 @@ class Server:
             # ordinary, so exceptional is always empty.
             wait = RETRY if outputs else None  # rule 4: judge the clients owed in time
             readable, writable, exceptional = select.select(inputs, outputs, [], wait)
+            self.show_round(readable, writable)  # --trace logs it; else it does nothing
             if self.wakeup_fd in readable:  # a stop signal (see main)
                 return signal.Signals(self.wakeup.recv(1)[0]).name
 
@@ -255,6 +259,10 @@ class Server:
             #    finished): the rules, only while a client is owed bytes or held back
             if outputs or self.paused:
                 self.apply_the_rules()
+
+    def show_round(self, readable: list[int], writable: list[int]) -> None:
+        """Nothing: here TracingServer (--trace) logs what select() watched and
+        returned."""
 
     def close(self) -> None:
         """Close every socket: the listener, the wake-up pair and the clients'."""
@@ -606,6 +614,93 @@ class Server:
             self.stop_sending(client, f"too slow: {owed}")
 
 
+# ---------------------------------------------------------------- --trace
+
+
+class TracingServer(Server):
+    """The server that --trace runs: the same loop, and a log line for each round's call
+    to select() and for what each step did. Server itself formats no trace line."""
+
+    def __init__(self, listener: socket.socket, settings: Settings) -> None:
+        super().__init__(listener, settings)
+        self.round = 0
+
+    def named(self, fds: list[int]) -> str:
+        """Descriptors as the trace shows them: "[3 listener, 6 127.0.0.1:54321]"."""
+        names = {self.listener_fd: "listener", self.wakeup_fd: "wake-up"}
+        for fd, client in self.clients.items():
+            names[fd] = client.name
+        return "[" + ", ".join(f"{fd} {names.get(fd, 'gone')}" for fd in fds) + "]"
+
+    def trace(self, step: str) -> None:
+        """Log one line of the trace, with the round's number."""
+        log(f"round {self.round}: {step}")
+
+    def show_round(self, readable: list[int], writable: list[int]) -> None:
+        """What select() was handed, and what it returned."""
+        self.round += 1
+        inputs, outputs = self.named(self.inputs), self.named(self.outputs)
+        self.trace(f"select(inputs={inputs}, outputs={outputs})")
+        returned = f"readable={self.named(readable)}, writable={self.named(writable)}"
+        self.trace(f"select() returned {returned}")
+
+    def accept(self) -> None:
+        """Step 1, and who joined inputs."""
+        before = set(self.clients)
+        super().accept()
+        accepted = [fd for fd in self.clients if fd not in before]
+        self.trace(f"1. accept: {self.named(accepted)} join inputs")
+
+    def read(self, readable: list[int]) -> list[tuple[Client, bytes]]:
+        """Step 2, and each chunk read."""
+        chunks = super().read(readable)
+        for client, data in chunks:
+            self.trace(f"2. read: {len(data)} bytes from {client.fd} {client.name}")
+        return chunks
+
+    def client_hung_up(self, client: Client) -> None:
+        """An EOF read in step 2."""
+        self.trace(f"2. read: EOF from {client.fd} {client.name}: it leaves inputs")
+        super().client_hung_up(client)
+
+    def owe(self, client: Client, data: bytes | memoryview) -> None:
+        """Step 3's answer or relay: what was sent at once, and what waits."""
+        owed_before = client.owed
+        super().owe(client, data)
+        if not (data and client.reading and not client.failure):
+            return
+        queued = client.owed - owed_before
+        if queued == 0:
+            done = "all sent at once"
+        elif queued == len(data) and owed_before:
+            done = f"queued behind {owed_before} bytes in its outbox"
+        else:
+            done = f"{len(data) - queued} sent at once, {queued} wait in its outbox"
+            done += ": it joins outputs"
+        self.trace(f"3. owe {client.fd} {client.name} {len(data)} bytes: {done}")
+
+    def write(self, writable: list[int]) -> None:
+        """Step 3's writes: what each writable client took."""
+        owed = [(client, client.owed) for client in self.owed_clients()]
+        super().write(writable)
+        for client, before in owed:
+            if client.fd in writable and client.owed != before:
+                left = "it leaves outputs"
+                if client.owed:
+                    left = f"{client.owed} still owed"
+                sent = before - client.owed
+                to = f"{client.fd} {client.name}"
+                self.trace(f"3. write: {sent} bytes to {to}; {left}")
+
+    def apply_the_rules(self) -> None:
+        """Step 4, and what the rules decided."""
+        super().apply_the_rules()
+        paused = self.named([client.fd for client in self.paused])
+        owed = ", ".join(f"{c.fd} {c.name} {c.owed}" for c in self.owed_clients())
+        allowance = f"the next round may read {self.allowance}"
+        self.trace(f"4. rules: owed [{owed}], paused {paused}, {allowance}")
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -652,7 +747,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(
         args.mode, args.quiet, args.max_clients, args.max_buffer, args.grace
     )
-    server = Server(listener, settings)
+    server = (TracingServer if args.trace else Server)(listener, settings)
     if not WINDOWS and max(server.listener_fd, server.wakeup_fd) >= FD_SETSIZE:
         reason = f"select() needs descriptors below {FD_SETSIZE}"
         reason += "; files left open for us took them"

@@ -2920,8 +2920,57 @@ def test_readme_checks_fail_on_a_stale_readme() -> None:
         assert stale in problems, problems
 
 
-# ---------------------------------------------------------------- issue 23: a port in use, and
-# "1 client". Each test is whole in itself.
+# ---------------------------------------------------------------- issue 23: --trace, a port in
+# use, and "1 client". Each test is whole in itself.
+
+
+def test_trace_shows_each_round_select_and_what_each_step_did() -> None:
+    """--trace, broadcast, alice and bob: each round logs the lists handed to select() and
+    what it returned, each socket by descriptor and name, then what each step did; the
+    usual log lines stay where they were."""
+    with ServerProcess("broadcast", "--trace") as server:
+        alice = Client(server)
+        lines = [server.next_line() for _ in range(4)]
+        accepted = re.fullmatch(r"round 1: 1\. accept: \[(\d+) \S+\] join inputs", lines[3])
+        assert accepted is not None, lines
+        a = f"{accepted[1]} {alice.address}"
+        bob = Client(server)
+        lines += [server.next_line() for _ in range(4)]
+        b = f"{int(accepted[1]) + 1} {bob.address}"
+        alice.send(b"hi\n")
+        assert bob.receive(3) == b"hi\n"
+        lines += [server.next_line() for _ in range(5)]
+        alice.half_close()
+        assert alice.receive() == b""
+        lines += [server.next_line() for _ in range(4)]
+        last = server.stop()
+    # The listening and wake-up sockets come first, as main() opens them.
+    listener, wakeup = (int(accepted[1]) - 3, "listener"), (int(accepted[1]) - 2, "wake-up")
+    both = f"{listener[0]} listener, {wakeup[0]} wake-up"
+    assert lines == [
+        f"round 1: select(inputs=[{both}], outputs=[])",
+        f"round 1: select() returned readable=[{listener[0]} listener], writable=[]",
+        f"{alice.address} connected (1 online)",
+        f"round 1: 1. accept: [{a}] join inputs",
+        f"round 2: select(inputs=[{both}, {a}], outputs=[])",
+        f"round 2: select() returned readable=[{listener[0]} listener], writable=[]",
+        f"{bob.address} connected (2 online)",
+        f"round 2: 1. accept: [{b}] join inputs",
+        f"round 3: select(inputs=[{both}, {a}, {b}], outputs=[])",
+        f"round 3: select() returned readable=[{a}], writable=[]",
+        f"{alice.address} sent b'hi\\n'",
+        f"round 3: 2. read: 3 bytes from {a}",
+        f"round 3: 3. owe {b} 3 bytes: all sent at once",
+        f"round 4: select(inputs=[{both}, {a}, {b}], outputs=[])",
+        f"round 4: select() returned readable=[{a}], writable=[]",
+        f"round 4: 2. read: EOF from {a}: it leaves inputs",
+        f"{alice.address} disconnected: closed by client",
+    ], "\n".join(lines)
+    assert last.splitlines() == [
+        f"round 5: select(inputs=[{both}, {b}], outputs=[])",
+        f"round 5: select() returned readable=[{wakeup[0]} wake-up], writable=[]",
+        "SIGINT: closing 1 client and exiting",
+    ], last
 
 
 def test_a_port_in_use_is_told_the_same_on_windows() -> None:

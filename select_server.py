@@ -255,8 +255,8 @@ class Server:
             self.answer_or_relay(chunks)
             self.write(writable)
 
-            # 4. drop the ones that are too slow (the done were closed as they
-            #    finished): the rules, only while a client is owed bytes or held back
+            # 4. drop the ones that are too slow: the rules, run only while a client is
+            #    owed bytes or a sender is paused (the done ones are closed already)
             if outputs or self.paused:
                 self.apply_the_rules()
 

@@ -121,13 +121,12 @@ def owe_at_the_write_step(server: Server, client: Client, data: bytes | memoryvi
         client.owed += len(data)
 
 
-def read_everyone(server: Server) -> tuple[list[int], int]:
-    """what_to_read() without back-pressure: every client is read, whatever it feeds."""
-    return server.inputs, server.settings.max_buffer
+def hold_back_no_one(server: Server) -> None:
+    """hold_back_senders() without back-pressure: every client is read, whatever it feeds."""
 
 
 def close_at_eof(server: Server, client: Client) -> None:
-    """hang_up() that closes the client at once, before it is sent what it is owed."""
+    """client_hung_up() that closes the client at once, before it is sent what it is owed."""
     server.drop(client, "closed by client")
 
 
@@ -210,20 +209,22 @@ BROKEN = {  # mistakes of the seed's or a tutorial's; `python -m tools.changes -
     ),
     "closes-at-eof": Change(
         "closes a client at its EOF, before it is sent what it is owed",
-        [(Server, "hang_up", close_at_eof)],
+        [(Server, "client_hung_up", close_at_eof)],
     ),
     "closes-before-paying": Change(
         "the seed's pitfall 2: a reply waits for the write step, a client is read while "
         "its ACK waits, and closed at its EOF before it is sent what it is owed",
         [
             (Server, "owe", owe_at_the_write_step),
-            (Server, "what_to_read", read_everyone),
-            (Server, "hang_up", close_at_eof),
+            (Server, "hold_back_senders", hold_back_no_one),
+            (Server, "client_hung_up", close_at_eof),
         ],
         shown_in=r"^mode ack$(?s:.*)^(\w+) sends .*\n\1 half-closes$",  # and hangs up at once
     ),
     "no-oobinline": Change("no SO_OOBINLINE", [without_option(SOL, socket.SO_OOBINLINE)]),
-    "no-back-pressure": Change("reads senders always", [(Server, "what_to_read", read_everyone)]),
+    "no-back-pressure": Change(
+        "reads senders always", [(Server, "hold_back_senders", hold_back_no_one)]
+    ),
     "no-fd-setsize-check": Change("no FD_SETSIZE check", [(select_server, "FD_SETSIZE", 1 << 30)]),
     "no-emfile-pause": Change("no pause on EMFILE", [(select_server, "OUT_OF_RESOURCES", set())]),
     "drops-rest-of-send": Change(

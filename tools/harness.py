@@ -191,7 +191,9 @@ class InProcess:
 
 
 @contextlib.contextmanager
-def server_in_this_process(mode: str, changes: Sequence[str] = ()) -> Iterator[InProcess]:
+def server_in_this_process(
+    mode: select_server.Mode, changes: Sequence[str] = ()
+) -> Iterator[InProcess]:
     """select_server's loop in a thread of this process, for the tests that must step in
     where no client can: between select() and what follows, or into a socket option."""
     with changed(with_broken(changes)):

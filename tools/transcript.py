@@ -331,7 +331,7 @@ def replay(transcript: Transcript, start: StartServer = ServerProcess) -> list[s
         session.check_nothing_more()
         if session.judges_log:
             last = session.server.stop()
-            assert re.search(r"SIGINT: closing \d+ clients and exiting", last), last
+            assert re.search(r"SIGINT: closing \d+ clients? and exiting", last), last
         elif not re.search(LISTENING.pattern, session.server.output.getvalue(), re.I):
             session.notes.append(
                 "it printed no 'listening on HOST:PORT' line: "

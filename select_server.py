@@ -96,28 +96,47 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="A select.select() TCP server: ack or broadcast what clients send.",
     )
-    modes = 'ack: answer every chunk with b"ACK"; broadcast: relay it to every other '
-    modes += "client"
-    parser.add_argument("mode", choices=["ack", "broadcast"], help=modes)
+    parser.add_argument(
+        "mode",
+        choices=["ack", "broadcast"],
+        help='ack: answer every chunk with b"ACK"; broadcast: relay it to every other '
+        "client",
+    )
     # Not "localhost": it is ::1 first on macOS and many Linux systems, 127.0.0.1 on
     # others.
-    host = "address to listen on; '' for all IPv4"
-    parser.add_argument("--host", default="127.0.0.1", help=host)
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on; '' for all IPv4"
+    )
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
-    quiet = "don't log every chunk received"
-    parser.add_argument("--quiet", action="store_true", help=quiet)
-    trace = "log each round: the lists select() watched and returned, and each step"
-    parser.add_argument("--trace", action="store_true", help=trace)
-    clients = f"clients served at once, at most {MOST_CLIENTS}; more wait until one "
-    clients += "leaves"
-    parser.add_argument("--max-clients", type=int, default=MOST_CLIENTS, help=clients)
-    owed = "the most bytes a client is owed, and one read; it must take half that (or "
-    owed += "all) every --grace s"
-    buffer = Settings.max_buffer
-    parser.add_argument("--max-buffer", type=int, default=buffer, help=owed)
-    slow = "a client owed bytes must take --max-buffer/2 of them (or all) every this "
-    slow += "many s"
-    parser.add_argument("--grace", type=float, default=Settings.grace, help=slow)
+    parser.add_argument(
+        "--quiet", action="store_true", help="don't log every chunk received"
+    )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="log each round: the lists select() watched and returned, and each step",
+    )
+    parser.add_argument(
+        "--max-clients",
+        type=int,
+        default=MOST_CLIENTS,
+        help=f"clients served at once, at most {MOST_CLIENTS}; more wait until one "
+        "leaves",
+    )
+    parser.add_argument(
+        "--max-buffer",
+        type=int,
+        default=Settings.max_buffer,
+        help="the most bytes a client is owed, and one read; it must take half that "
+        "(or all) every --grace s",
+    )
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=Settings.grace,
+        help="a client owed bytes must take --max-buffer/2 of them (or all) every "
+        "this many s",
+    )
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error("--port must be between 0 and 65535")
@@ -134,8 +153,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def log(message: str) -> None:
-    """Print one line at once: a buffered log is lost if we die, and a pipe sees
-    nothing."""
+    """Print one line, flushed: a buffered log is lost if we die, unseen by a pipe."""
     # A plain blocking write: a log reader that stops reading (a terminal paused with
     # Ctrl-S, `| less` left unscrolled) stops the server too, once the pipe is full.
     try:
@@ -153,8 +171,7 @@ def host_port(address: tuple[str, int] | tuple[str, int, int, int]) -> str:
 
 
 def describe(data: bytes) -> str:
-    """Show a chunk as a bytes literal (repr() is safe for any bytes), cut short if
-    long."""
+    """Show a chunk as a bytes literal (safe for any bytes), cut short if long."""
     if len(data) <= LOG_PREVIEW:
         return repr(data)
     return f"{data[:LOG_PREVIEW]!r}... ({len(data)} bytes)"
@@ -261,8 +278,7 @@ class Server:
                 self.apply_the_rules()
 
     def show_round(self, readable: list[int], writable: list[int]) -> None:
-        """Nothing: here TracingServer (--trace) logs what select() watched and
-        returned."""
+        """Nothing; TracingServer (--trace) logs here what select() was given."""
 
     def close(self) -> None:
         """Close every socket: the listener, the wake-up pair and the clients'."""
@@ -308,8 +324,7 @@ class Server:
         log(f"{client.name} connected ({len(self.clients)} online)")
 
     def stop_accepting(self, reason: str) -> None:
-        """Stop watching the listening socket until a client leaves: new clients wait in
-        the kernel's queue."""
+        """Stop watching the listener till a client leaves; new ones wait in a queue."""
         # A listening socket with a client waiting stays readable: a loop that kept
         # watching it while accept() could not succeed would spin.
         if self.clients:
@@ -368,8 +383,7 @@ class Server:
         return data
 
     def client_hung_up(self, client: Client) -> None:
-        """The client sent EOF: stop reading it, and close it once it has all it is
-        owed."""
+        """The client sent EOF: stop reading it; close it once it has all it is owed."""
         client.reading = False
         self.inputs.remove(client.fd)
         if client.outbox:
@@ -381,8 +395,7 @@ class Server:
     # ------------------------------------------------------------ 3. answer, write
 
     def answer_or_relay(self, chunks: list[tuple[Client, bytes]]) -> None:
-        """Owe each sender an ACK per chunk (ack), or the others its chunks
-        (broadcast)."""
+        """ack: owe each sender an ACK per chunk; broadcast: owe others the chunk."""
         if self.settings.mode == "ack":
             for client, _ in chunks:
                 self.owe(client, ACK)
@@ -410,8 +423,7 @@ class Server:
                 self.owe(client, joined)
 
     def owe(self, client: Client, data: bytes | memoryview) -> None:
-        """Send data to client now, or queue what its socket does not take in its
-        outbox."""
+        """Send data to client now; what its socket won't take waits in its outbox."""
         # Sent at once if nothing is queued ahead of it: a healthy socket almost always
         # has space for it all. Whatever waits puts client in outputs until it is sent.
         if not (data and client.reading and not client.failure):
@@ -456,8 +468,7 @@ class Server:
             self.drop(client, client.failure or "closed by client")
 
     def send_some(self, client: Client, data: bytes | memoryview) -> int | None:
-        """send() what client's socket takes now; return how much, or None if it
-        failed."""
+        """send() what client's socket takes now; how much, or None if send() failed."""
         try:
             return client.sock.send(data)
         except BlockingIOError:
@@ -488,8 +499,7 @@ class Server:
             self.drop(client, client.failure)  # else read on, in the coming rounds
 
     def bytes_wait(self, client: Client) -> bool:
-        """Whether bytes from client wait to be read (a peek: recv() still gets
-        them)."""
+        """Whether bytes from client wait to be read (a peek: recv() will get them)."""
         try:
             return bool(client.sock.recv(1, socket.MSG_PEEK))
         except OSError:  # BlockingIOError: nothing waits now; another: nothing will
@@ -555,8 +565,7 @@ class Server:
             self.pause(self.senders())
 
     def pause(self, senders: list[Client]) -> None:
-        """Rule 3: keep exactly these senders out of inputs; put back the others
-        paused."""
+        """Rule 3: keep these senders out of inputs; put the others paused back."""
         if senders == self.paused:
             return
         held = {client.fd for client in senders}
@@ -582,8 +591,8 @@ class Server:
         self.inputs[:] = self.inputs[first:] + self.inputs[:first]
 
     def try_every_client_owed(self) -> None:
-        """Rule 3: while senders are held back, write to every client owed bytes, not
-        only the writable ones."""
+        """Rule 3: while senders are held back, write to every client owed, writable or
+        not."""
         # select() says "writable" only once a good part of a socket's buffer, which can
         # be megabytes, is free: the senders would wait seconds for a client that has
         # long made space.

@@ -11,11 +11,21 @@ from typing import Any, Iterator
 import pytest
 from hypothesis import settings
 
-from tools.harness import ServerProcess, StartServer, can_open, has_ipv6_loopback, pythons_line
+from tools.harness import (
+    WINE,
+    WINE_DIFFERS,
+    ServerProcess,
+    StartServer,
+    can_open,
+    console_for_stop_events,
+    has_ipv6_loopback,
+    pythons_line,
+)
 
 MARKERS = {
     "timing": "its server must act in time: run one after another on one xdist worker",
-    "linux_only": "reads what only Linux's kernel tells (/proc, netlink)",
+    "linux_only(why)": "needs what only Linux has (why): skipped elsewhere, saying so",
+    "posix_only(why)": "needs what Windows lacks (why): skipped there, saying so",
     "ipv6": "needs an IPv6 loopback (::1)",
     "open_files(n)": "opens n files and sockets at once: skipped where the limit forbids",
 }
@@ -30,10 +40,11 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "test"))
 def pytest_configure(config: pytest.Config) -> None:
     for marker, meaning in MARKERS.items():
         config.addinivalue_line("markers", f"{marker}: {meaning}")
+    console_for_stop_events()
 
 
-def pytest_report_header() -> str:
-    return pythons_line()
+def pytest_report_header() -> list[str]:
+    return [pythons_line(), *([WINE_DIFFERS] if WINE else [])]
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
@@ -48,8 +59,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Skip, saying why, a test that this machine cannot run."""
-    if item.get_closest_marker("linux_only") and not sys.platform.startswith("linux"):
-        pytest.skip("reads what only Linux's kernel tells")
+    linux = item.get_closest_marker("linux_only")
+    if linux and not sys.platform.startswith("linux"):
+        pytest.skip(f"needs Linux: {linux.args[0]}")
+    posix = item.get_closest_marker("posix_only")
+    if posix and sys.platform == "win32":
+        pytest.skip(f"not on Windows: {posix.args[0]}")
     if item.get_closest_marker("ipv6") and not has_ipv6_loopback():
         pytest.skip("no IPv6 loopback")
     files = item.get_closest_marker("open_files")

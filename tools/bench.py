@@ -60,7 +60,6 @@ import json
 import os
 import random
 import re
-import resource
 import select
 import shlex
 import signal
@@ -1539,6 +1538,10 @@ def raise_file_limit(wanted: int) -> None:
     Children inherit it, so the workers and the server get it too (set here rather than
     in preexec_fn, which is unsafe once threads run: we drain server logs in threads).
     """
+    if sys.platform == "win32":
+        return  # no RLIMIT_NOFILE: sockets are handles, not C descriptors
+    import resource  # Linux and macOS only
+
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
     if soft != resource.RLIM_INFINITY and soft < target:

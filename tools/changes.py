@@ -99,7 +99,7 @@ def signal_on_announce(sig: signal.Signals) -> tuple[object, str, object]:
     def log_then_signal(message: str) -> None:
         log(message)
         if message.startswith("listening on"):
-            os.kill(os.getpid(), sig)
+            signal.raise_signal(sig)  # os.kill(os.getpid(), sig) on Windows: TerminateProcess
 
     return (select_server, "log", log_then_signal)
 

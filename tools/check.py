@@ -28,10 +28,10 @@ import sys
 import textwrap
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import pexpect
+import psutil
 from hypothesis import Verbosity, given, settings
 from hypothesis.errors import Flaky
 
@@ -41,7 +41,6 @@ from tools.harness import (
     WAIT,
     ServerProcess,
     free_port,
-    proc_stat,
     reachable,
     server_command,
 )
@@ -76,11 +75,17 @@ class CommandServer(ServerProcess):
         port = free_port()
         line = command.replace("{mode}", mode).replace("{port}", str(port))
         # Through a shell, so that any command line works (`cd dir && ./server`), in a
-        # session of its own, so that a signal to its process group reaches all it starts.
-        self.start(["/bin/sh", "-c", line], dict(os.environ), os.setsid)
+        # session of its own, so that a signal to its process group reaches all it starts
+        # (Windows: cmd.exe, and PopenSpawn's process group).
+        if sys.platform == "win32":
+            self.start(
+                f'{os.environ.get("COMSPEC", "cmd.exe")} /d /s /c "{line}"', dict(os.environ)
+            )
+        else:
+            self.start(["/bin/sh", "-c", line], dict(os.environ), os.setsid)
         self.spins = False  # once it did not go back to sleep in time, that is not waited for
         self.host, self.port = self.find(port, port_given="{port}" in command)
-        self.group = process_group(self.pid)  # its processes, to see when they sleep
+        self.group = processes(self.pid)  # the shell and the server, to see when they sleep
 
     def find(self, port: int, port_given: bool) -> tuple[str, int]:
         """Wait (bounded: WAIT) for a 'listening on HOST:PORT' line, or for {port} to listen;
@@ -157,6 +162,14 @@ class CommandServer(ServerProcess):
         """Close the clients and end the server's process group, not judging how it exits."""
         for client in self.clients:
             client.close()  # under STARTING, as every close is
+        if sys.platform == "win32":  # the shell and all it started: no process groups to kill
+            with contextlib.suppress(psutil.Error):
+                shell = psutil.Process(self.pid)
+                for process in [*shell.children(recursive=True), shell]:
+                    with contextlib.suppress(psutil.Error):
+                        process.kill()
+            self.child.proc.wait(timeout=STOP_WAIT)
+            return
         for sig in (signal.SIGINT, signal.SIGKILL):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, sig)
@@ -227,22 +240,20 @@ def listening_host(port: int) -> str | None:
     return None
 
 
-def process_group(pgid: int) -> list[int]:
-    """The processes of a process group (Linux; elsewhere, none)."""
-    members = []
-    for process in Path("/proc").glob("[0-9]*"):
-        with contextlib.suppress(OSError, IndexError, ValueError):  # it has just exited
-            if int(proc_stat(process.name)[2]) == pgid:  # state, parent, group
-                members.append(int(process.name))
-    return members
+def processes(pid: int) -> list[int]:
+    """A process and all it has started (the shell that runs a command, and the server)."""
+    with contextlib.suppress(psutil.Error):  # it has exited
+        process = psutil.Process(pid)
+        return [pid, *(child.pid for child in process.children(recursive=True))]
+    return []
 
 
 def is_running(pid: int) -> bool:
-    """True while any thread of the process is running or about to (state R)."""
-    with contextlib.suppress(OSError):  # it has exited: not running
-        for task in os.listdir(f"/proc/{pid}/task"):
-            if proc_stat(f"{pid}/task/{task}")[0] == "R":
-                return True
+    """True while any thread of the process is running or about to (state R). psutil reads
+    a thread as a process of its own on Linux, the one OS where this is asked."""
+    with contextlib.suppress(psutil.Error):  # it has exited: not running
+        threads = [psutil.Process(thread.id) for thread in psutil.Process(pid).threads()]
+        return any(thread.status() == psutil.STATUS_RUNNING for thread in threads)
     return False
 
 
@@ -405,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
 def our_command(changes: Sequence[str] = ()) -> str:
     """The command line that make check takes to run our server, changed by changes (see
     changes.py), run from the repository as make check is."""
-    return shlex.join(server_command(changes=changes)) + " {mode} --port {port}"
+    join = subprocess.list2cmdline if sys.platform == "win32" else shlex.join
+    return join(server_command(changes=changes)) + " {mode} --port {port}"
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import contextlib
 import io
 import os
 import re
-import select
+import selectors
 import shutil
 import signal
 import socket
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import pexpect
+import psutil
 from pexpect.popen_spawn import PopenSpawn
 
 import select_server
@@ -41,6 +42,32 @@ QUIET = 0.1  # seconds of silence that show nothing more is coming
 
 LISTENING = re.compile(r"listening on (?:\[(?P<v6>[^\]]+)\]|(?P<v4>[^\s:]+)):(?P<port>\d+)")
 
+# How the harness stops a server. Windows: PopenSpawn starts it in a process group of its
+# own (CREATE_NEW_PROCESS_GROUP), and kill(SIGBREAK) sends that group CTRL_BREAK_EVENT
+# (os.kill: GenerateConsoleCtrlEvent), which the server handles as SIGBREAK, as CPython's
+# own test_os does (Win32KillTests.test_CTRL_BREAK_EVENT). Wine 8.0 sends only
+# CTRL_C_EVENT, which a process started in a new group ignores until it calls
+# SetConsoleCtrlHandler(NULL, FALSE): under Wine the server is started through CTRL_C_ON,
+# which does, and stopped with Ctrl-C (SIGINT).
+if sys.platform == "win32":
+    import ctypes
+
+    WINE = hasattr(ctypes.WinDLL("ntdll"), "wine_get_version")
+    STOP = signal.SIGINT if WINE else signal.SIGBREAK
+else:
+    WINE = False
+    STOP = signal.SIGINT
+WINE_DIFFERS = (
+    "under Wine a server stops on Ctrl-C (SIGINT), not Ctrl-Break: "
+    "Wine 8.0 sends no CTRL_BREAK_EVENT"
+)
+CTRL_C_ON = (  # python -c CTRL_C_ON FILE ARGS... or -m MODULE ARGS..., from the repository
+    "import ctypes, runpy, sys; ctypes.windll.kernel32.SetConsoleCtrlHandler(None, False); "
+    "sys.path.insert(0, ''); del sys.argv[0]; "
+    "runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True) "
+    "if sys.argv[0] == '-m' else runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
 # ---------------------------------------------------------------- the server, as a process
 
 
@@ -49,12 +76,24 @@ def with_broken(changes: Sequence[str]) -> list[str]:
     return [*changes, *filter(None, os.environ.get(BROKEN_SERVER, "").split(","))]
 
 
+def console_for_stop_events() -> None:
+    """Under Wine: give this process a console of its own, which the servers it starts
+    share. The one Wine gives a process whose standard handles are pipes cannot carry
+    console control events (GenerateConsoleCtrlEvent fails: ERROR_INVALID_ACCESS)."""
+    if sys.platform == "win32" and WINE:
+        kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+        kernel32.FreeConsole()
+        assert kernel32.AllocConsole(), f"AllocConsole: error {ctypes.get_last_error()}"
+
+
 def server_command(interpreter: list[str] | None = None, changes: Sequence[str] = ()) -> list[str]:
     """The command that runs the server with interpreter (["python3.8"], a Wine wrapper...),
     changed by changes; $BROKEN_SERVER changes only sys.executable's (it needs tools/). A
     changed server is `python -m tools.changes`, so it runs from the repository (ROOT)."""
     if interpreter is None:
         interpreter, changes = [sys.executable], with_broken(changes)
+    if WINE and interpreter == [sys.executable]:
+        interpreter = [sys.executable, "-c", CTRL_C_ON]
     if not changes:
         return [*interpreter, str(SERVER)]
     return [*interpreter, "-m", "tools.changes", ",".join(changes)]
@@ -101,7 +140,7 @@ class ServerProcess:
             raise
         self.host, self.port = match["v6"] or match["v4"], int(match["port"])
 
-    def start(self, command: list[str], env: dict[str, str], preexec_fn: Any = None) -> None:
+    def start(self, command: list[str] | str, env: dict[str, str], preexec_fn: Any = None) -> None:
         """Start the process in the repository, its stdout and stderr read through pexpect."""
         self.output = io.StringIO()  # everything the server printed, for failures
         self.clients: list[Client] = []  # connected to it; closed by kill()
@@ -110,7 +149,7 @@ class ServerProcess:
                 command,
                 WAIT,
                 cwd=str(ROOT),
-                env=env,
+                env=env,  # type: ignore[arg-type, unused-ignore]  # 3.8's stub: os.environ only
                 encoding="utf-8",
                 codec_errors="replace",
                 preexec_fn=preexec_fn,
@@ -158,7 +197,7 @@ class ServerProcess:
         did; return what it has still not done. Ours says so in its log: nothing to do."""
         return ""
 
-    def stop(self, sig: int = signal.SIGINT) -> str:
+    def stop(self, sig: int = STOP) -> str:
         """Signal the server and check it exits cleanly; return what it printed last."""
         self.child.kill(sig)
         self.child.expect(pexpect.EOF, timeout=WAIT)
@@ -316,10 +355,12 @@ def assert_acked(client: Client, data: bytes) -> None:
 
 def assert_quiet(*clients: Client) -> None:
     """Nothing more (no byte, no EOF) arrives for any of these clients within QUIET s."""
-    poll = select.poll()  # not select(): some tests hold descriptors above FD_SETSIZE
-    for client in clients:
-        poll.register(client.sock, select.POLLIN)
-    ready = [fd for fd, _ in poll.poll(QUIET * 1000)]
+    # Not select.select(): some tests hold descriptors above FD_SETSIZE. DefaultSelector is
+    # epoll or kqueue there, and select() on Windows, which has no select.poll().
+    with selectors.DefaultSelector() as selector:
+        for client in clients:
+            selector.register(client.sock, selectors.EVENT_READ)
+        ready = [key.fd for key, _ in selector.select(QUIET)]
     extra = {c.address: c.unread() or b"EOF" for c in clients if c.sock.fileno() in ready}
     assert not extra, f"unexpected bytes: {extra}"
 
@@ -359,10 +400,25 @@ def has_ipv6_loopback() -> bool:
 # ---------------------------------------------------------------- other processes
 
 
+# Windows: a process in a group of its own, that send_stop() can reach (see STOP).
+NEW_GROUP: dict[str, Any] = {}
+if sys.platform == "win32":
+    NEW_GROUP["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
+
+
+def send_stop(pid: int) -> None:
+    """Send STOP to a server that popen() started: a console event on Windows."""
+    if sys.platform == "win32":
+        os.kill(pid, signal.CTRL_C_EVENT if WINE else signal.CTRL_BREAK_EVENT)
+    else:
+        os.kill(pid, STOP)
+
+
 @contextlib.contextmanager
 def popen(command: list[str], **options: Any) -> Iterator[subprocess.Popen[str]]:
-    """subprocess.Popen, text in and out, and killed at the end if it still runs."""
-    with subprocess.Popen(command, text=True, **options) as process:
+    """subprocess.Popen, text in and out (on Windows in a group of its own), and killed at
+    the end if it still runs."""
+    with subprocess.Popen(command, text=True, **NEW_GROUP, **options) as process:
         try:
             yield process
         finally:
@@ -377,32 +433,51 @@ def wait_for(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.01)  # polling state in this process; the deadline bounds it
 
 
-def proc_stat(pid: int | str) -> list[str]:
-    """The fields of /proc/PID/stat (Linux) after the process's name: state first."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+# What a process does is asked of psutil, which knows how each OS tells it.
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user and system) a process has used so far."""
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
 
 
 def idle_cpu_seconds(server: ServerProcess, seconds: float = 0.3) -> float:
     """CPU time the server uses while the test waits and does nothing: nearly all of it
-    if its loop spins; a clock tick is 0.01 s."""
-    before = proc_stat(server.pid)
+    if its loop spins; a clock tick is 0.01 s on Linux."""
+    before = cpu_seconds(server.pid)
     time.sleep(seconds)  # measuring idleness takes time; nothing here waits for an event
-    after = proc_stat(server.pid)
-    ticks = sum(int(after[i]) - int(before[i]) for i in (11, 12))  # user and system
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return cpu_seconds(server.pid) - before
 
 
-def memory_mb(pid: int, field: str = "VmHWM") -> float:
-    """The most resident memory the process has used (VmHWM), or uses now (VmRSS), in MB."""
-    match = re.search(rf"{field}:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
-    assert match is not None
-    return int(match[1]) / 1024
+def memory_mb(pid: int) -> float:
+    """The resident memory a process uses now, in MB."""
+    return float(psutil.Process(pid).memory_info().rss) / (1 << 20)
 
 
-def freeze(pid: int) -> None:
-    """Stop a process with SIGSTOP, and wait (bounded) until it really is stopped."""
-    os.kill(pid, signal.SIGSTOP)
-    wait_for(lambda: proc_stat(pid)[0] == "T", "the server to stop")
+def peak_memory_mb(pid: int) -> float:
+    """The most resident memory a process has used, in MB: Linux's VmHWM, which only its
+    /proc tells, or Windows' peak working set; elsewhere (macOS) what it uses now."""
+    if sys.platform.startswith("linux"):
+        status = Path(f"/proc/{pid}/status").read_text()
+        match = re.search(r"VmHWM:\s+(\d+) kB", status)
+        assert match is not None, status
+        return int(match[1]) / 1024
+    info = psutil.Process(pid).memory_info()
+    return float(getattr(info, "peak_wset", info.rss)) / (1 << 20)
+
+
+@contextlib.contextmanager
+def frozen(pid: int) -> Iterator[None]:
+    """The process stopped (SIGSTOP; on Windows, its threads suspended) until the block
+    ends, so that all the block does meets it at once."""
+    process = psutil.Process(pid)
+    process.suspend()
+    try:
+        wait_for(lambda: process.status() == psutil.STATUS_STOPPED, "the server to stop")
+        yield
+    finally:
+        process.resume()
 
 
 def nofile_limit(limit: int) -> Callable[[], None]:
@@ -423,6 +498,8 @@ def set_open_files_limit(pid: int, limit: int) -> None:
 
 def can_open(at_least: int) -> bool:
     """Let this process open at_least files and sockets; False if its hard limit forbids."""
+    if sys.platform == "win32":
+        return True  # no RLIMIT_NOFILE: sockets are handles, not C descriptors
     import resource  # Linux and macOS only
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -10,10 +10,8 @@ from __future__ import annotations
 import ast
 import contextlib
 import math
-import os
 import re
 import selectors
-import signal
 import socket
 import threading
 import time
@@ -27,8 +25,9 @@ from tools.harness import (
     ServerProcess,
     connect,
     dropped,
-    freeze,
+    frozen,
     memory_mb,
+    peak_memory_mb,
     wait_for,
 )
 
@@ -250,7 +249,7 @@ def crowd_sends_at_once(
     chunk), which keeps what it checks (200 x 200 messages are too many to keep). Return
     how much the server grew, in MB."""
     crowd = [client.sock for client in connect(server, len(messages))]
-    before = memory_mb(server.pid, "VmRSS")
+    before = memory_mb(server.pid)
     expected = sum(len(message) for message in messages)
     counts = [0] * len(crowd)
     unsent = [memoryview(message) for message in messages]
@@ -263,10 +262,9 @@ def crowd_sends_at_once(
         with contextlib.suppress(BlockingIOError):
             unsent[index] = unsent[index][crowd[index].send(unsent[index]) :]
 
-    freeze(server.pid)
-    for index in range(len(crowd)):
-        send_more(index)
-    os.kill(server.pid, signal.SIGCONT)
+    with frozen(server.pid):
+        for index in range(len(crowd)):
+            send_more(index)
     deadline = time.monotonic() + 3 * WAIT
     while selector.get_map():
         assert time.monotonic() < deadline, f"after {3 * WAIT} s, received {counts}"
@@ -286,4 +284,4 @@ def crowd_sends_at_once(
                     done = not chunk if close else counts[index] == expected - len(messages[index])
                     if done:
                         selector.unregister(sock)
-    return memory_mb(server.pid) - before
+    return peak_memory_mb(server.pid) - before

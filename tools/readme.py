@@ -128,7 +128,11 @@ def program_help(program: str) -> str:
     wide = {**os.environ, "COLUMNS": "80"}
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=30, env=wide)
     assert result.returncode == 0, f"{command} fails: {result.stdout + result.stderr}"
-    return result.stdout
+    text = result.stdout.replace("optional arguments:", "options:")  # argparse before 3.10
+    if sys.platform == "win32":  # the README shows the limit of Linux and macOS
+        text = text.replace(f"at most {select_server.MOST_CLIENTS}", "at most 1000")
+        text = text.replace(f"(default: {select_server.MOST_CLIENTS})", "(default: 1000)")
+    return text
 
 
 def run_problem(program: str, args: list[str]) -> str | None:

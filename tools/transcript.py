@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tools.harness import LISTENING, QUIET, TRANSCRIPTS, WAIT, Client, ServerProcess
+from tools.harness import LISTENING, QUIET, STOP, TRANSCRIPTS, WAIT, Client, ServerProcess
 
 RECORD_QUIET = 0.3  # recording waits this long for stragglers after each action
 SLOW = 0.5  # seconds: a wait longer than this is worth a note when checking another server
@@ -331,7 +331,7 @@ def replay(transcript: Transcript, start: StartServer = ServerProcess) -> list[s
         session.check_nothing_more()
         if session.judges_log:
             last = session.server.stop()
-            assert re.search(r"SIGINT: closing \d+ clients? and exiting", last), last
+            assert re.search(rf"{STOP.name}: closing \d+ clients? and exiting", last), last
         elif not re.search(LISTENING.pattern, session.server.output.getvalue(), re.I):
             session.notes.append(
                 "it printed no 'listening on HOST:PORT' line: "

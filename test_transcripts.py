@@ -36,8 +36,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import select_server
-from select_server import Server
-from tools import check
+from select_server import Server, Settings
+from tools import check, hostile
 from tools.changes import BROKEN
 from tools.check import CommandServer, our_command, transcripts_of
 from tools.harness import (
@@ -71,6 +71,7 @@ from tools.harness import (
     too_slow,
     wait_for,
 )
+from tools.hostile import CASES, Case
 from tools.load import (
     END,
     ENDINGS,
@@ -1266,6 +1267,7 @@ def test_bench_smoke_run_fails_when_relayed_bytes_are_wrong() -> None:
 # With the broken servers of tools/changes.py: each says where its mistake shows (shown_in).
 
 SHOWN_BY_CHECK = {name: change.shown_in for name, change in BROKEN.items() if change.shown_in}
+HOSTILE = {case.name: case for case in CASES}
 
 
 def shown_in(pattern: str) -> set[str]:
@@ -1288,18 +1290,29 @@ def modes_shown_in(name: str) -> tuple[str, ...]:
 
 def checked(name: str) -> list[str]:
     """The report of a check of the broken server of this name, in the modes where its
-    mistake shows, without generated sessions."""
+    mistake shows, without generated sessions or hostile cases."""
     report: list[str] = []
-    check.check([(our_command([name]), modes_shown_in(name))], 0, report.append)
+    check.check([(our_command([name]), modes_shown_in(name))], 0, report.append, cases=[])
+    return report
+
+
+def checked_by_case(case: Case, changes: Sequence[str] = ()) -> list[str]:
+    """The report of one hostile case, alone, against our server changed by changes, in
+    the first mode it runs in."""
+    report: list[str] = []
+    command = our_command(changes)
+    check.check([(command, case.modes[:1])], 0, report.append, [case], transcripts=False)
     return report
 
 
 @pytest.mark.linux_only
 def test_check_passes_our_own_server() -> None:
-    """`python -m tools.check --examples 3` against this server: every transcript and the
-    generated sessions pass, the report ends with the counts, and the exit status is 0."""
+    """`python -m tools.check --transcripts-only --examples 3` against this server: every
+    transcript and the generated sessions pass, no hostile case runs, the report ends with
+    the counts, and the exit status is 0."""
     ours = our_command()
     command = [sys.executable, "-m", "tools.check", "--server", ours, "--examples", "3"]
+    command.append("--transcripts-only")
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=90)
     assert result.returncode == 0, result.stdout + result.stderr
     names = [path.stem for path in transcript_files()]
@@ -1346,7 +1359,8 @@ def test_check_fails_each_broken_server_on_exactly_the_transcripts_that_show_it(
 @pytest.mark.linux_only
 def test_check_fails_fast_when_the_server_never_listens(monkeypatch: pytest.MonkeyPatch) -> None:
     """A command that runs but never listens fails the first transcript after WAIT
-    seconds (not a hang), saying so plainly; the rest are not run, and fail too."""
+    seconds (not a hang), saying so plainly; the rest, and the hostile cases of its mode,
+    are not run, and fail too; those of the other mode are not run, and said so."""
     monkeypatch.setattr(check, "WAIT", 0.5)
     sleeper = f"{shlex.quote(sys.executable)} -c 'import time; time.sleep(60)' {{port}}"
     first, second, *_ = [transcript.name for transcript in transcripts_of(["ack"])]
@@ -1360,7 +1374,14 @@ def test_check_fails_fast_when_the_server_never_listens(monkeypatch: pytest.Monk
         "it printed nothing"
     )
     assert report[2] == f"FAIL  {second}: not run: the server did not start"
-    assert report[-1] == f"0 passed, {len(transcripts_of(['ack'])) + 1} failed"
+    of_ack = [case for case in CASES if "ack" in case.modes]
+    assert report[-len(CASES) - 1 : -1] == [
+        f"FAIL  {case.name} ({case.shows}): not run: the server did not start"
+        if case in of_ack
+        else f"skip  {case.name} ({case.shows}): not run: no broadcast server given"
+        for case in CASES
+    ]
+    assert report[-1] == f"0 passed, {len(transcripts_of(['ack'])) + 1 + len(of_ack)} failed"
 
 
 def test_check_fails_at_once_when_the_server_exits() -> None:
@@ -1368,8 +1389,55 @@ def test_check_fails_at_once_when_the_server_exits() -> None:
     know) fails the check at once, with its last line in the report."""
     first = transcripts_of(["ack"])[0].name
     report: list[str] = []
-    assert check.check([(our_command() + " --no-such-option", ("ack",))], 0, report.append) == 1
+    command = our_command() + " --no-such-option"
+    assert check.check([(command, ("ack",))], 0, report.append, cases=[]) == 1
     assert report[1] == (
         f"FAIL  {first}: the server exited with status 2 before it listened; "
         "its last line: 'select_server.py: error: unrecognized arguments: --no-such-option'"
     )
+
+
+# ---------------------------------------------------------------- make check's hostile cases
+# Each case of tools/hostile.py passes this server.
+
+
+@pytest.mark.linux_only
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, marks=[pytest.mark.timing] * c.timed, id=c.name) for c in CASES]
+)
+def test_each_hostile_case_passes_our_own_server(case: Case) -> None:
+    """One line, `pass`, naming the README pitfall or rule the case shows, and what was
+    measured; the slow reader is dropped, and not before our grace."""
+    report = checked_by_case(case)
+    if report[1].startswith("skip  "):
+        pytest.skip(report[1])
+    assert report == [
+        f"checking ({case.modes[0]} mode): {our_command()}",
+        report[1],
+        "1 passed, 0 failed",
+    ]
+    assert report[1].startswith(f"pass  {case.name} ({case.shows}): "), report[1]
+    if case.name == "slow-reader":  # our policy: a reader this slow is dropped after 2 s
+        dropped = re.search(r" was dropped after ([\d.]+) s;", report[1])
+        assert dropped and float(dropped[1]) >= Settings("broadcast").grace, report[1]
+
+
+def test_check_says_which_hostile_cases_it_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A case of a mode no server was given for, or one the machine does not allow, is said
+    (`skip`, why) and counted neither way; no server is started for it."""
+    monkeypatch.setattr(hostile, "can_open", lambda files: False)
+    broadcast_only = [case for case in CASES if "ack" not in case.modes]
+    past_fd_setsize = HOSTILE["past-fd-setsize"]
+    report: list[str] = []
+    never_started = "false {mode} {port}"  # no server: /bin/false exits at once
+    cases = [*broadcast_only, past_fd_setsize]
+    assert check.check([(never_started, ("ack",))], 0, report.append, cases, False) == 1
+    assert report[1:] == [
+        *(
+            f"skip  {c.name} ({c.shows}): not run: no broadcast server given"
+            for c in broadcast_only
+        ),
+        f"skip  {past_fd_setsize.name} ({past_fd_setsize.shows}): not run: this process may not "
+        "open 1,100 sockets",
+        "0 passed, 0 failed",
+    ]

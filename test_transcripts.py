@@ -1268,6 +1268,7 @@ def test_bench_smoke_run_fails_when_relayed_bytes_are_wrong() -> None:
 
 SHOWN_BY_CHECK = {name: change.shown_in for name, change in BROKEN.items() if change.shown_in}
 HOSTILE = {case.name: case for case in CASES}
+SHOWN_BY_CASES = [(name, HOSTILE[case]) for name, c in BROKEN.items() for case in c.hostile]
 
 
 def shown_in(pattern: str) -> set[str]:
@@ -1398,7 +1399,8 @@ def test_check_fails_at_once_when_the_server_exits() -> None:
 
 
 # ---------------------------------------------------------------- make check's hostile cases
-# Each case of tools/hostile.py passes this server.
+# Each case of tools/hostile.py passes this server; each broken server of tools/changes.py
+# fails the cases that its Change names (hostile).
 
 
 @pytest.mark.linux_only
@@ -1420,6 +1422,34 @@ def test_each_hostile_case_passes_our_own_server(case: Case) -> None:
     if case.name == "slow-reader":  # our policy: a reader this slow is dropped after 2 s
         dropped = re.search(r" was dropped after ([\d.]+) s;", report[1])
         assert dropped and float(dropped[1]) >= Settings("broadcast").grace, report[1]
+
+
+def assert_each_fails(pairs: list[tuple[str, Case]], threads: int) -> None:
+    """Each (broken server, case) pair fails, in one line that names the case, and its
+    report counts it, with as many run at once as threads."""
+    with ThreadPoolExecutor(threads) as pool:
+        reports = [pool.submit(checked_by_case, case, [name]) for name, case in pairs]
+    for (name, case), report in zip(pairs, reports):
+        lines = report.result()
+        assert lines[1].startswith(f"FAIL  {case.name} ({case.shows}): "), (name, lines)
+        assert lines[-1] == "0 passed, 1 failed", (name, lines)
+
+
+@pytest.mark.linux_only
+def test_check_fails_each_broken_server_on_the_hostile_cases_that_show_it() -> None:
+    """Each broken server whose Change names a hostile case that is not timed fails it (it
+    dies, or grows past the bound, or loses a message), all at once, a thread each."""
+    assert SHOWN_BY_CASES, "no broken server names a hostile case"
+    pairs = [(name, case) for name, case in SHOWN_BY_CASES if not case.timed]
+    assert_each_fails(pairs, len(pairs))
+
+
+@pytest.mark.timing
+@pytest.mark.linux_only
+def test_check_fails_each_broken_server_on_the_timed_cases_that_show_it() -> None:
+    """Each broken server whose Change names a timed hostile case fails it (it spins, or
+    loses chat messages), one after another: each is measured against the clock."""
+    assert_each_fails([(name, case) for name, case in SHOWN_BY_CASES if case.timed], 1)
 
 
 def test_check_says_which_hostile_cases_it_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,6 +19,7 @@ what was measured, and the bound it was held to, and why.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import selectors
@@ -69,8 +70,7 @@ SPIN_WINDOW = 0.5  # seconds the server's CPU time is measured while clients wai
 SPIN_LIMIT = 0.1
 PROGRESS_WAIT = WAIT  # for a waiting client to be served once others left: SYN retries
 SETTLE = 0.3  # seconds without another client served that show the server has served all
-PACE = 4  # clients that connect at once in a crowd: even a listen(5) backlog takes them
-PACE_WAIT = 0.1  # seconds for each few to connect, while the server accepts
+PACE_WAIT = 0.1  # seconds for each client of a crowd to be served, while the server accepts
 
 
 class Failed(Exception):
@@ -143,11 +143,15 @@ def exit_report(server: ServerProcess) -> str | None:
     status = server.child.proc.poll()
     if status is None:
         return None
+    return f"the server exited with status {status}; {last_words(server)}"
+
+
+def last_words(server: ServerProcess) -> str:
+    """The last line the server printed, once it has exited (bounded: QUIET)."""
     with contextlib.suppress(pexpect.TIMEOUT, pexpect.EOF):
-        server.child.expect(pexpect.EOF, timeout=QUIET)  # its last words
+        server.child.expect(pexpect.EOF, timeout=QUIET)
     lines = [line for line in server.output.getvalue().splitlines() if line.strip()]
-    last = f"its last line: {lines[-1][:200]!r}" if lines else "it printed nothing"
-    return f"the server exited with status {status}; {last}"
+    return f"its last line: {lines[-1][:200]!r}" if lines else "it printed nothing"
 
 
 def assert_alive(server: ServerProcess, when: str) -> None:
@@ -336,19 +340,18 @@ class Crowd:
     selector: selectors.BaseSelector = field(default_factory=selectors.DefaultSelector)
 
     def join(self, count: int) -> None:
-        """count more clients, a few at a time: each few is connected (bounded: PACE_WAIT)
-        before the next, so that no listen() backlog overflows while the server accepts
-        (a dropped SYN is sent again only a second later). Once a few do not connect in
-        time, the server has stopped accepting, and the rest are connected at once."""
+        """count more clients, one at a time: each is served (bounded: PACE_WAIT) before
+        the next connects, so that even a listen(5) backlog does not overflow while the
+        server accepts (a dropped SYN is sent again only a second later). Once one is not
+        served in time, the server has stopped accepting: the rest connect at once."""
         paced = True
-        for first in range(0, count, PACE):
-            for _ in range(min(PACE, count - first)):
-                self.connect()
+        for _ in range(count):
+            answered = functools.partial(self.answered, self.connect())
             if paced:
-                paced = self.until(lambda: not self.connecting, PACE_WAIT)
+                paced = self.until(answered, PACE_WAIT)
 
-    def connect(self) -> None:
-        """One more client, its connection begun."""
+    def connect(self) -> int:
+        """One more client, its connection begun; return its index."""
         family = socket.AF_INET6 if ":" in self.server.host else socket.AF_INET
         sock = socket.socket(family)
         sock.setblocking(False)
@@ -357,6 +360,11 @@ class Crowd:
         self.socks.append(sock)
         self.connecting.add(index)
         self.selector.register(sock, selectors.EVENT_WRITE, index)
+        return index
+
+    def answered(self, index: int) -> bool:
+        """Whether this client has been served, or closed by the server."""
+        return index in self.served or index in self.closed
 
     def waiting(self) -> set[int]:
         """The clients neither served nor closed, nor gone."""
@@ -460,6 +468,7 @@ def crowd_of(server: ServerProcess, mode: str, count: int) -> Iterator[Crowd]:
             crowd.join(2)
             if not crowd.until(lambda: 1 in crowd.served, WAIT):
                 raise Failed("the first client's probe never reached the second")
+            crowd.served.add(0)  # the observer: its probe goes to the others
             count -= 2
         crowd.join(count)
         yield crowd
@@ -615,9 +624,9 @@ def clean_stop(start: StartServer, mode: str) -> str:
         took = time.monotonic() - started
         if running:
             raise Failed(f"after SIGINT, the server still ran {WAIT:g} s later")
-        report = exit_report(server)
+        said = last_words(server)
     if "Traceback (most recent call last)" in server.output.getvalue():
-        raise Failed(f"after SIGINT, a traceback on its output; {report}")
+        raise Failed(f"after SIGINT, a traceback on its output; {said}")
     return f"after SIGINT it exited in {took:.1f} s, with no traceback"
 
 

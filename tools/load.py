@@ -173,7 +173,7 @@ def introduce(speaker: Client, listeners: list[Client]) -> None:
     deadline = time.monotonic() + speaker.wait
     for listener in listeners:
         heard = listener.receive(len(HELLO), timeout=max(0.001, deadline - time.monotonic()))
-        assert heard == HELLO, f"one client sent {HELLO!r}, another received {heard!r}"
+        assert heard == HELLO, f"one client sent {HELLO!r}, another received {heard!r}: no room"
 
 
 def chat_past_a_paced_reader(

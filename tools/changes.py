@@ -253,7 +253,7 @@ BROKEN = {  # mistakes of the seed's or a tutorial's; `python -m tools.changes -
     "copy-per-client": Change(
         "a private copy of each chunk per client",
         [(Server, "owe", owe_a_private_copy)],
-        hostile=("memory",),  # a hundred clients owed 1 MiB each hold 100 MB
+        hostile=("memory",),  # 90 clients that never read, owed 1 MiB each, hold 90 MB
     ),
     "no-tcp-nodelay": Change(
         "no TCP_NODELAY", [without_option(socket.IPPROTO_TCP, socket.TCP_NODELAY)]

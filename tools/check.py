@@ -184,17 +184,22 @@ HOLD_FILES = (
 
 
 def in_a_session_of_its_own(open_files: int | None) -> Callable[[], None]:
-    """A preexec_fn: the server in a session (and process group) of its own and, if given,
-    with a file descriptor limit of open_files (Linux and macOS)."""
-    if open_files is None:
-        return os.setsid
-    import resource  # Linux and macOS only
+    """A preexec_fn: the server in a session (and process group) of its own, with SIGINT
+    as a terminal gives it (a check run in the background, `make check &`, has it ignored,
+    and an ignored signal stays ignored across exec: the server would never see it), and,
+    if given, with a file descriptor limit of open_files (Linux and macOS)."""
+    set_limit: Callable[[], None] | None = None
+    if open_files is not None:
+        import resource  # Linux and macOS only
 
-    limit = (open_files, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+        limit = (open_files, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+        set_limit = functools.partial(resource.setrlimit, resource.RLIMIT_NOFILE, limit)
 
     def start_session() -> None:  # in the child, before it runs the command: nothing to import
         os.setsid()
-        resource.setrlimit(resource.RLIMIT_NOFILE, limit)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if set_limit is not None:
+            set_limit()
 
     return start_session
 

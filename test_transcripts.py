@@ -1196,6 +1196,8 @@ $ make check BROADCAST='x {port}'
 checking (broadcast mode): x {port}
 pass  broadcast_three_clients
 pass  ack_one_client
+pass  memory (pitfall 5): grew by 1 MB
+skip  out-of-files (pitfall 9): not run: not on this machine
 2 passed, 1 failed
 ```
 """
@@ -1213,7 +1215,8 @@ def test_readme_checks_fail_on_a_stale_readme() -> None:
         "`python -m tools.changes no-such-server ack` has ['no-such-server']",
         "the --help shown for select_server.py is not what it prints",
         "a report names ['ack_one_client']: no transcripts of ['broadcast']",
-        "'2 passed, 0 failed'",
+        "a report says memory shows pitfall 5: it shows rules 2 and 3",
+        "'3 passed, 0 failed'",
         "the guide shows a block the README does not:\nmake lint\n",
         "the guide does not show the README's first block",
         "README.zh-CN.md is not linked",

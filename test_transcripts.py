@@ -1455,6 +1455,17 @@ def test_check_fails_each_broken_server_on_the_timed_cases_that_show_it() -> Non
     assert_each_fails([(name, case) for name, case in SHOWN_BY_CASES if case.timed], 1)
 
 
+@pytest.mark.linux_only
+def test_check_fails_a_copy_per_client_that_stays_under_the_memory_bound() -> None:
+    """A copy of each chunk per client, each owed 256 KiB at most: under the bound with 90
+    clients, but the memory case fails it all the same, for growing with their number."""
+    report: list[str] = []
+    small_copies = our_command(["copy-per-client"]) + " --max-buffer 262144"
+    memory = HOSTILE["memory"]
+    check.check([(small_copies, ("broadcast",))], 0, report.append, [memory], False)
+    assert re.match(r"FAIL  memory \(rules 2 and 3\): .*: it grows with their number$", report[1])
+
+
 def test_check_says_which_hostile_cases_it_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
     """A case of a mode no server was given for, or one the machine does not allow, is said
     (`skip`, why) and counted neither way; no server is started for it."""

@@ -1450,8 +1450,8 @@ def test_check_fails_each_broken_server_on_the_hostile_cases_that_show_it() -> N
 @pytest.mark.timing
 @pytest.mark.linux_only
 def test_check_fails_each_broken_server_on_the_timed_cases_that_show_it() -> None:
-    """Each broken server whose Change names a timed hostile case fails it (it spins, or
-    loses chat messages), one after another: each is measured against the clock."""
+    """Each broken server whose Change names a timed hostile case fails it (it spins), one
+    after another: each is measured against the clock."""
     assert_each_fails([(name, case) for name, case in SHOWN_BY_CASES if case.timed], 1)
 
 

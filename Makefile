@@ -30,12 +30,13 @@ record: venv
 	@$(BIN)/python -m tools.transcript record $(T)
 
 # Replays every transcript, and generated sessions, against any server and judges only
-# what its clients receive: make check SERVER='python3 my_server.py {mode} --port {port}'
-# or, one server per mode, make check ACK='...' BROADCAST='...'. The commands reach the
-# program through the environment, so the quotes in them stay as written.
+# what its clients receive, then runs the hostile cases (docs/check.md): make check
+# SERVER='python3 my_server.py {mode} --port {port}' or, one server per mode, make check
+# ACK='...' BROADCAST='...'; CHECK_ARGS=--transcripts-only for the transcripts alone. The
+# commands reach the program through the environment, so the quotes in them stay as written.
 check: venv
 	@$(BIN)/python -m tools.check $${SERVER:+--server "$$SERVER"} \
-	  $${ACK:+--ack "$$ACK"} $${BROADCAST:+--broadcast "$$BROADCAST"}
+	  $${ACK:+--ack "$$ACK"} $${BROADCAST:+--broadcast "$$BROADCAST"} $(CHECK_ARGS)
 
 # Generated sessions for FUZZ_SECONDS (10 minutes), in rounds of 200 with new random
 # seeds. A failure stops it and prints the shrunk session as a transcript to save.

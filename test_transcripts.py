@@ -38,7 +38,7 @@ from hypothesis import strategies as st
 
 import select_server
 from select_server import Server, Settings
-from tools import check
+from tools import check, hostile
 from tools.changes import BROKEN
 from tools.check import CommandServer, our_command, transcripts_of
 from tools.harness import (
@@ -75,6 +75,7 @@ from tools.harness import (
     too_slow,
     wait_for,
 )
+from tools.hostile import CASES, Case
 from tools.load import (
     END,
     ENDINGS,
@@ -1397,6 +1398,8 @@ $ make check BROADCAST='x {port}'
 checking (broadcast mode): x {port}
 pass  broadcast_three_clients
 pass  ack_one_client
+pass  memory (pitfall 5): grew by 1 MB
+skip  out-of-files (pitfall 9): not run: not on this machine
 2 passed, 1 failed
 ```
 """
@@ -1414,7 +1417,8 @@ def test_readme_checks_fail_on_a_stale_readme() -> None:
         "`python -m tools.changes no-such-server ack` has ['no-such-server']",
         "the --help shown for select_server.py is not what it prints",
         "a report names ['ack_one_client']: no transcripts of ['broadcast']",
-        "'2 passed, 0 failed'",
+        "a report says memory shows pitfall 5: it shows rules 2 and 3",
+        "'3 passed, 0 failed'",
         "the guide shows a block the README does not:\nmake lint\n",
         "the guide does not show the README's first block",
         "README.zh-CN.md is not linked",
@@ -1468,6 +1472,8 @@ def test_bench_smoke_run_fails_when_relayed_bytes_are_wrong() -> None:
 # With the broken servers of tools/changes.py: each says where its mistake shows (shown_in).
 
 SHOWN_BY_CHECK = {name: change.shown_in for name, change in BROKEN.items() if change.shown_in}
+HOSTILE = {case.name: case for case in CASES}
+SHOWN_BY_CASES = [(name, HOSTILE[case]) for name, c in BROKEN.items() for case in c.hostile]
 
 
 def shown_in(pattern: str) -> set[str]:
@@ -1490,17 +1496,28 @@ def modes_shown_in(name: str) -> tuple[str, ...]:
 
 def checked(name: str) -> list[str]:
     """The report of a check of the broken server of this name, in the modes where its
-    mistake shows, without generated sessions."""
+    mistake shows, without generated sessions or hostile cases."""
     report: list[str] = []
-    check.check([(our_command([name]), modes_shown_in(name))], 0, report.append)
+    check.check([(our_command([name]), modes_shown_in(name))], 0, report.append, cases=[])
+    return report
+
+
+def checked_by_case(case: Case, changes: Sequence[str] = ()) -> list[str]:
+    """The report of one hostile case, alone, against our server changed by changes, in
+    the first mode it runs in."""
+    report: list[str] = []
+    command = our_command(changes)
+    check.check([(command, case.modes[:1])], 0, report.append, [case], transcripts=False)
     return report
 
 
 def test_check_passes_our_own_server() -> None:
-    """`python -m tools.check --examples 3` against this server: every transcript and the
-    generated sessions pass, the report ends with the counts, and the exit status is 0."""
+    """`python -m tools.check --transcripts-only --examples 3` against this server: every
+    transcript and the generated sessions pass, no hostile case runs, the report ends with
+    the counts, and the exit status is 0."""
     ours = our_command()
     command = [sys.executable, "-m", "tools.check", "--server", ours, "--examples", "3"]
+    command.append("--transcripts-only")
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=90)
     assert result.returncode == 0, result.stdout + result.stderr
     names = [path.stem for path in transcript_files()]
@@ -1547,7 +1564,8 @@ def test_check_fails_each_broken_server_on_exactly_the_transcripts_that_show_it(
 @pytest.mark.posix_only("its command line is quoted for a POSIX shell")
 def test_check_fails_fast_when_the_server_never_listens(monkeypatch: pytest.MonkeyPatch) -> None:
     """A command that runs but never listens fails the first transcript after WAIT
-    seconds (not a hang), saying so plainly; the rest are not run, and fail too."""
+    seconds (not a hang), saying so plainly; the rest, and the hostile cases of its mode,
+    are not run, and fail too; those of the other mode are not run, and said so."""
     monkeypatch.setattr(check, "WAIT", 0.5)
     sleeper = f"{shlex.quote(sys.executable)} -c 'import time; time.sleep(60)' {{port}}"
     first, second, *_ = [transcript.name for transcript in transcripts_of(["ack"])]
@@ -1561,7 +1579,14 @@ def test_check_fails_fast_when_the_server_never_listens(monkeypatch: pytest.Monk
         "it printed nothing"
     )
     assert report[2] == f"FAIL  {second}: not run: the server did not start"
-    assert report[-1] == f"0 passed, {len(transcripts_of(['ack'])) + 1} failed"
+    of_ack = [case for case in CASES if "ack" in case.modes]
+    assert report[-len(CASES) - 1 : -1] == [
+        f"FAIL  {case.name} ({case.shows}): not run: the server did not start"
+        if case in of_ack
+        else f"skip  {case.name} ({case.shows}): not run: no broadcast server given"
+        for case in CASES
+    ]
+    assert report[-1] == f"0 passed, {len(transcripts_of(['ack'])) + 1 + len(of_ack)} failed"
 
 
 def test_check_fails_at_once_when_the_server_exits() -> None:
@@ -1569,8 +1594,95 @@ def test_check_fails_at_once_when_the_server_exits() -> None:
     know) fails the check at once, with its last line in the report."""
     first = transcripts_of(["ack"])[0].name
     report: list[str] = []
-    assert check.check([(our_command() + " --no-such-option", ("ack",))], 0, report.append) == 1
+    command = our_command() + " --no-such-option"
+    assert check.check([(command, ("ack",))], 0, report.append, cases=[]) == 1
     assert report[1] == (
         f"FAIL  {first}: the server exited with status 2 before it listened; "
         "its last line: 'select_server.py: error: unrecognized arguments: --no-such-option'"
     )
+
+
+# ---------------------------------------------------------------- make check's hostile cases
+# Each case of tools/hostile.py passes this server; each broken server of tools/changes.py
+# fails the cases that its Change names (hostile).
+
+
+@pytest.mark.linux_only
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, marks=[pytest.mark.timing] * c.timed, id=c.name) for c in CASES]
+)
+def test_each_hostile_case_passes_our_own_server(case: Case) -> None:
+    """One line, `pass`, naming the README pitfall or rule the case shows, and what was
+    measured; the slow reader is dropped, and not before our grace."""
+    report = checked_by_case(case)
+    if report[1].startswith("skip  "):
+        pytest.skip(report[1])
+    assert report == [
+        f"checking ({case.modes[0]} mode): {our_command()}",
+        report[1],
+        "1 passed, 0 failed",
+    ]
+    assert report[1].startswith(f"pass  {case.name} ({case.shows}): "), report[1]
+    if case.name == "slow-reader":  # our policy: a reader this slow is dropped after 2 s
+        dropped = re.search(r" was dropped after ([\d.]+) s;", report[1])
+        assert dropped and float(dropped[1]) >= Settings("broadcast").grace, report[1]
+
+
+def assert_each_fails(pairs: list[tuple[str, Case]], threads: int) -> None:
+    """Each (broken server, case) pair fails, in one line that names the case, and its
+    report counts it, with as many run at once as threads."""
+    with ThreadPoolExecutor(threads) as pool:
+        reports = [pool.submit(checked_by_case, case, [name]) for name, case in pairs]
+    for (name, case), report in zip(pairs, reports):
+        lines = report.result()
+        assert lines[1].startswith(f"FAIL  {case.name} ({case.shows}): "), (name, lines)
+        assert lines[-1] == "0 passed, 1 failed", (name, lines)
+
+
+@pytest.mark.linux_only
+def test_check_fails_each_broken_server_on_the_hostile_cases_that_show_it() -> None:
+    """Each broken server whose Change names a hostile case that is not timed fails it (it
+    dies, or grows past the bound, or loses a message), all at once, a thread each."""
+    assert SHOWN_BY_CASES, "no broken server names a hostile case"
+    pairs = [(name, case) for name, case in SHOWN_BY_CASES if not case.timed]
+    assert_each_fails(pairs, len(pairs))
+
+
+@pytest.mark.timing
+@pytest.mark.linux_only
+def test_check_fails_each_broken_server_on_the_timed_cases_that_show_it() -> None:
+    """Each broken server whose Change names a timed hostile case fails it (it spins), one
+    after another: each is measured against the clock."""
+    assert_each_fails([(name, case) for name, case in SHOWN_BY_CASES if case.timed], 1)
+
+
+@pytest.mark.linux_only
+def test_check_fails_a_copy_per_client_that_stays_under_the_memory_bound() -> None:
+    """A copy of each chunk per client, each owed 256 KiB at most: under the bound with 90
+    clients, but the memory case fails it all the same, for growing with their number."""
+    report: list[str] = []
+    small_copies = our_command(["copy-per-client"]) + " --max-buffer 262144"
+    memory = HOSTILE["memory"]
+    check.check([(small_copies, ("broadcast",))], 0, report.append, [memory], False)
+    assert re.match(r"FAIL  memory \(rules 2 and 3\): .*: it grows with their number$", report[1])
+
+
+def test_check_says_which_hostile_cases_it_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A case of a mode no server was given for, or one the machine does not allow, is said
+    (`skip`, why) and counted neither way; no server is started for it."""
+    monkeypatch.setattr(hostile, "can_open", lambda files: False)
+    broadcast_only = [case for case in CASES if "ack" not in case.modes]
+    past_fd_setsize = HOSTILE["past-fd-setsize"]
+    report: list[str] = []
+    never_started = "false {mode} {port}"  # no server: /bin/false exits at once
+    cases = [*broadcast_only, past_fd_setsize]
+    assert check.check([(never_started, ("ack",))], 0, report.append, cases, False) == 1
+    assert report[1:] == [
+        *(
+            f"skip  {c.name} ({c.shows}): not run: no broadcast server given"
+            for c in broadcast_only
+        ),
+        f"skip  {past_fd_setsize.name} ({past_fd_setsize.shows}): not run: this process may not "
+        "open 1,100 sockets",
+        "0 passed, 0 failed",
+    ]

@@ -5,6 +5,7 @@
     transcript.py  the transcript format; replay and record (`make record`)
     model.py       the protocol as a pure function, and the sessions hypothesis generates
     load.py        clients that load a server: a flood, paced readers, a chat room, a crowd
+    hostile.py     make check's hostile cases: any server under load, measured from outside
     check.py       `make check`: any server, judged on the wire (a program: --help)
     readme.py      whether the READMEs and docs/ are true
     bench.py       `make bench`: this server beside others, measured (a program: --help)

@@ -1,4 +1,5 @@
-"""make check: any server, judged on the wire against the transcripts and generated sessions.
+"""make check: any server, judged on the wire against the transcripts and generated sessions,
+and then from outside its process in the hostile cases.
 
     python -m tools.check --server 'python3 my_server.py {mode} --port {port}'
     python -m tools.check --ack 'python3 ack.py {port}' --broadcast 'node relay.js {port}'
@@ -7,8 +8,10 @@ Each transcript, then generated sessions (model.py), is replayed against a fresh
 started from the command line given, and judged only on what its clients receive: every
 byte, every EOF, and that nothing more arrives. The server's log is not compared: at each
 `server:` line the check waits until the kernel shows that the server has taken in what
-the clients did (Linux; elsewhere, a pause). One line per case, `pass` or its first
-difference, and last `N passed, M failed`; the exit status is 0 only when all passed.
+the clients did (Linux; elsewhere, a pause). Then each hostile case (hostile.py) loads a
+fresh server as a README pitfall or rule says and measures it. One line per transcript or
+case, `pass` or its first difference (`skip` for a case this machine cannot run), and last
+`N passed, M failed`; the exit status is 0 only when all passed. docs/check.md says more.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import sys
 import textwrap
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import pexpect
 import psutil
@@ -44,6 +47,7 @@ from tools.harness import (
     reachable,
     server_command,
 )
+from tools.hostile import CASES, Case, run_case
 from tools.model import Action, generated_transcript, sessions
 from tools.transcript import (
     Transcript,
@@ -66,23 +70,28 @@ class StartError(AssertionError):
 class CommandServer(ServerProcess):
     """Any server, from a shell command line with {mode} and {port} filled in, judged on
     the wire only: its output is kept for messages, not compared; at each `server:` line a
-    replay waits until it has settled (wait_until_settled)."""
+    replay waits until it has settled (wait_until_settled). A hostile case may start it
+    with a file descriptor limit (open_files) and with held_files files already open."""
 
     judges_log = False
     wait = CHECK_WAIT
 
-    def __init__(self, command: str, mode: str) -> None:
+    def __init__(
+        self, command: str, mode: str, open_files: int | None = None, held_files: int = 0
+    ) -> None:
         port = free_port()
         line = command.replace("{mode}", mode).replace("{port}", str(port))
         # Through a shell, so that any command line works (`cd dir && ./server`), in a
         # session of its own, so that a signal to its process group reaches all it starts
         # (Windows: cmd.exe, and PopenSpawn's process group).
         if sys.platform == "win32":
-            self.start(
-                f'{os.environ.get("COMSPEC", "cmd.exe")} /d /s /c "{line}"', dict(os.environ)
-            )
+            shell = f'{os.environ.get("COMSPEC", "cmd.exe")} /d /s /c "{line}"'
+            self.start(shell, dict(os.environ))
         else:
-            self.start(["/bin/sh", "-c", line], dict(os.environ), os.setsid)
+            argv = ["/bin/sh", "-c", line]
+            if held_files:  # as a careless parent leaves them: they push its sockets' numbers up
+                argv = [sys.executable, "-c", HOLD_FILES, str(held_files), *argv]
+            self.start(argv, dict(os.environ), in_a_session_of_its_own(open_files))
         self.spins = False  # once it did not go back to sleep in time, that is not waited for
         self.host, self.port = self.find(port, port_given="{port}" in command)
         self.group = processes(self.pid)  # the shell and the server, to see when they sleep
@@ -175,6 +184,36 @@ class CommandServer(ServerProcess):
                 os.killpg(self.pid, sig)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.child.proc.wait(timeout=STOP_WAIT)
+
+
+# Opens argv[1] files that its children inherit, then runs the rest of argv in its place.
+HOLD_FILES = (
+    "import os, sys\n"
+    "for _ in range(int(sys.argv[1])):\n"
+    "    os.set_inheritable(os.open(os.devnull, os.O_RDONLY), True)\n"
+    "os.execv(sys.argv[2], sys.argv[2:])"
+)
+
+
+def in_a_session_of_its_own(open_files: int | None) -> Callable[[], None]:
+    """A preexec_fn: the server in a session (and process group) of its own, with SIGINT
+    as a terminal gives it (a check run in the background, `make check &`, has it ignored,
+    and an ignored signal stays ignored across exec: the server would never see it), and,
+    if given, with a file descriptor limit of open_files (Linux and macOS)."""
+    set_limit: Callable[[], None] | None = None
+    if open_files is not None:
+        import resource  # Linux and macOS only
+
+        limit = (open_files, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+        set_limit = functools.partial(resource.setrlimit, resource.RLIMIT_NOFILE, limit)
+
+    def start_session() -> None:  # in the child, before it runs the command: nothing to import
+        os.setsid()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if set_limit is not None:
+            set_limit()
+
+    return start_session
 
 
 # Connection states (include/net/tcp_states.h), and what asks the kernel for its TCP sockets
@@ -271,41 +310,89 @@ class OutOfTime(BaseException):
 
 
 def check(
-    commands: list[tuple[str, tuple[str, ...]]], examples: int, say: Callable[[str], None]
+    commands: list[tuple[str, tuple[str, ...]]],
+    examples: int,
+    say: Callable[[str], None],
+    cases: Sequence[Case] = CASES,
+    transcripts: bool = True,
 ) -> int:
-    """Check each (command, modes) against its modes' transcripts and generated sessions, saying
-    each result once known, as README.md shows; return 0 only when all passed."""
-    started = time.monotonic()
+    """Check each (command, modes): its modes' transcripts and generated sessions (unless not
+    transcripts), then the hostile cases (hostile.py) of its modes, saying each result once
+    known, as docs/check.md shows; return 0 only when all passed. A case that cannot run
+    here, or in the modes given, is said, and counts neither way."""
     passes: list[bool] = []
     noted: set[str] = set()  # each note is said once
-    for index, (command, modes) in enumerate(commands):
+    given = {mode for _, modes in commands for mode in modes}
+    for command, modes in commands:
         say(f"checking ({' and '.join(modes)} mode): {command}")
-        deadline = started + CHECK_SECONDS * (index + 1) / len(commands)  # a fair share each
-        for name, difference, notes in results(command, modes, examples, deadline):
-            passes.append(difference is None)
-            new = [note for note in dict.fromkeys(notes) if note not in noted]
-            noted.update(new)
-            line = f"pass  {name}" if difference is None else f"FAIL  {name}: {difference}"
-            first, newline, shrunk = line.partition("\n")  # a shrunk session goes below
-            say(first + (f" (note: {'; '.join(new)})" if new else "") + newline + shrunk)
+        start = Starter(command)
+        if transcripts:
+            deadline = time.monotonic() + CHECK_SECONDS / len(commands)  # a fair share each
+            for name, difference, notes in results(start, modes, examples, deadline):
+                passes.append(difference is None)
+                say(result_line(name, difference, notes, noted))
+        for case in cases:
+            mode = next((mode for mode in case.modes if mode in modes), None)
+            if mode is not None:
+                passed, said = run_case(case, start, mode)
+            elif given.isdisjoint(case.modes):  # else another command runs it
+                passed, said = None, f"not run: no {' or '.join(case.modes)} server given"
+            else:
+                continue
+            if passed is not None:
+                passes.append(passed)
+            verdict = "skip" if passed is None else "pass" if passed else "FAIL"
+            say(f"{verdict}  {case.name} ({case.shows}): {said}")
     say(f"{sum(passes)} passed, {len(passes) - sum(passes)} failed")
     return 0 if passes and all(passes) else 1
 
 
+def result_line(name: str, difference: str | None, notes: list[str], noted: set[str]) -> str:
+    """The report's line of a transcript or of the generated sessions, with the notes not
+    said before (which it adds to noted); a shrunk session goes below it."""
+    new = [note for note in dict.fromkeys(notes) if note not in noted]
+    noted.update(new)
+    line = f"pass  {name}" if difference is None else f"FAIL  {name}: {difference}"
+    first, newline, shrunk = line.partition("\n")
+    return first + (f" (note: {'; '.join(new)})" if new else "") + newline + shrunk
+
+
+class Starter:
+    """Starts a CommandServer of command (mode, and its other arguments); once one did not
+    start, every later one fails at once, saying so."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+        self.failed = False
+
+    def __call__(self, mode: str, **how: Any) -> ServerProcess:
+        if self.failed:
+            raise StartError(NOT_STARTED)
+        try:
+            return CommandServer(self.command, mode, **how)
+        except StartError:
+            self.failed = True
+            raise
+
+
+NOT_STARTED = "not run: the server did not start"
+
+
 def results(
-    command: str, modes: tuple[str, ...], examples: int, deadline: float
+    start: Starter, modes: tuple[str, ...], examples: int, deadline: float
 ) -> Iterator[tuple[str, str | None, list[str]]]:
     """(name, first difference or None, notes) of each transcript of these modes against
-    command, then of generated sessions; once the server does not start, none is run."""
+    start's command, then of generated sessions; once the server does not start, none is
+    run."""
     transcripts = transcripts_of(modes)
     names = [t.name for t in transcripts] + ([generated_name(modes)] if examples else [])
     for index, transcript in enumerate(transcripts):
         try:
-            notes = replay(transcript, functools.partial(CommandServer, command))
+            notes = replay(transcript, start)
         except StartError as error:
             yield transcript.name, str(error), []
             for name in names[index + 1 :]:
-                yield name, "not run: the server did not start", []
+                yield name, NOT_STARTED, []
             return
         except TranscriptError as error:
             yield transcript.name, error.summary, error.notes
@@ -314,7 +401,7 @@ def results(
         else:
             yield transcript.name, None, notes
     if examples:
-        yield generated_result(command, modes, examples, deadline)
+        yield generated_result(start.command, modes, examples, deadline)
 
 
 def transcripts_of(modes: Sequence[str]) -> list[Transcript]:
@@ -400,12 +487,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{option}", metavar="CMD", help=what)
     what = "generated sessions per command (0: none)"
     parser.add_argument("--examples", type=int, default=GENERATED, metavar="N", help=what)
+    what = "the transcripts and generated sessions alone, not the hostile cases"
+    parser.add_argument("--transcripts-only", action="store_true", help=what)
     args = vars(parser.parse_args(argv))
     commands = [(args[option], modes) for option, modes in MODES_OF.items() if args[option]]
     if not commands:
         parser.error("give --server CMD, or --ack CMD and/or --broadcast CMD")
+    cases = [] if args["transcripts_only"] else CASES
+    say = functools.partial(print, flush=True)
     try:  # every server it starts, it stops
-        return check(commands, args["examples"], lambda line: print(line, flush=True))
+        return check(commands, args["examples"], say, cases)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # the report's reader has gone (`| head`): stop quietly

@@ -28,6 +28,7 @@ from typing import Iterator
 import select_server
 from tools.changes import CHANGES
 from tools.harness import ROOT, TRANSCRIPTS
+from tools.hostile import CASES
 
 # The pages a reader reads, every one of them checked: the READMEs and docs/.
 DOCUMENTS = [
@@ -136,7 +137,9 @@ def program_help(program: str) -> str:
 
 
 def run_problem(program: str, args: list[str]) -> str | None:
-    """What is wrong with `python PROGRAM ARGS...`: what the program refuses or lacks."""
+    """What is wrong with `python PROGRAM ARGS...`: what the program refuses or lacks. In a
+    make check command line, {mode} and {port} stand for a mode and a port."""
+    args = [arg.replace("{mode}", "ack").replace("{port}", "8000") for arg in args]
     if program == "select_server.py":
         if "--help" in args:
             return None
@@ -175,13 +178,19 @@ def output_problems(body: str, transcripts: set[str]) -> Iterator[str]:
 
 def report_problems(body: str, transcripts: set[str]) -> Iterator[str]:
     """What is wrong with a make check report shown: a line that names a transcript that
-    is no file, or not of the modes it checks; a last line that does not add up."""
+    is no file, or not of the modes it checks, or a hostile case that is none, or under
+    another pitfall or rule than its own; a last line that does not add up (a case that
+    was not run, `skip`, counts neither way)."""
     modes = " ".join(re.findall(r"^checking \((.*) mode\)", body, re.M)).split()
     results = re.findall(r"^(pass|FAIL)  ([^:( \n]+)", body, re.M)
-    named = {name for _, name in results} - {"generated"}
+    named = {name for _, name in results} - {"generated"} - {case.name for case in CASES}
     of_modes = {name for name in transcripts if name.split("_")[0] in modes}
     if named - of_modes:
         yield f"a report names {sorted(named - of_modes)}: no transcripts of {modes}"
+    shows = {case.name: case.shows for case in CASES}
+    for name, said in re.findall(r"^(?:pass|FAIL|skip)  ([\w-]+) \(([^)]*)\):", body, re.M):
+        if name in shows and said != shows[name]:
+            yield f"a report says {name} shows {said}: it shows {shows[name]}"
     passed = [verdict for verdict, _ in results].count("pass")
     if not body.rstrip().endswith(f"{passed} passed, {len(results) - passed} failed"):
         yield f"a report does not end with '{passed} passed, {len(results) - passed} failed'"

@@ -1473,6 +1473,7 @@ def test_bench_smoke_run_fails_when_relayed_bytes_are_wrong() -> None:
 
 SHOWN_BY_CHECK = {name: change.shown_in for name, change in BROKEN.items() if change.shown_in}
 HOSTILE = {case.name: case for case in CASES}
+SIZED_FOR_LINUX = "make check's hostile cases are sized to Linux's socket buffers and file limits"
 SHOWN_BY_CASES = [(name, HOSTILE[case]) for name, c in BROKEN.items() for case in c.hostile]
 
 
@@ -1607,7 +1608,7 @@ def test_check_fails_at_once_when_the_server_exits() -> None:
 # fails the cases that its Change names (hostile).
 
 
-@pytest.mark.linux_only
+@pytest.mark.linux_only(SIZED_FOR_LINUX)
 @pytest.mark.parametrize(
     "case", [pytest.param(c, marks=[pytest.mark.timing] * c.timed, id=c.name) for c in CASES]
 )
@@ -1639,7 +1640,7 @@ def assert_each_fails(pairs: list[tuple[str, Case]], threads: int) -> None:
         assert lines[-1] == "0 passed, 1 failed", (name, lines)
 
 
-@pytest.mark.linux_only
+@pytest.mark.linux_only(SIZED_FOR_LINUX)
 def test_check_fails_each_broken_server_on_the_hostile_cases_that_show_it() -> None:
     """Each broken server whose Change names a hostile case that is not timed fails it (it
     dies, or grows past the bound, or loses a message), all at once, a thread each."""
@@ -1649,14 +1650,14 @@ def test_check_fails_each_broken_server_on_the_hostile_cases_that_show_it() -> N
 
 
 @pytest.mark.timing
-@pytest.mark.linux_only
+@pytest.mark.linux_only(SIZED_FOR_LINUX)
 def test_check_fails_each_broken_server_on_the_timed_cases_that_show_it() -> None:
     """Each broken server whose Change names a timed hostile case fails it (it spins), one
     after another: each is measured against the clock."""
     assert_each_fails([(name, case) for name, case in SHOWN_BY_CASES if case.timed], 1)
 
 
-@pytest.mark.linux_only
+@pytest.mark.linux_only(SIZED_FOR_LINUX)
 def test_check_fails_a_copy_per_client_that_stays_under_the_memory_bound() -> None:
     """A copy of each chunk per client, each owed 256 KiB at most: under the bound with 90
     clients, but the memory case fails it all the same, for growing with their number."""

@@ -44,6 +44,7 @@ from tools.harness import (
     WAIT,
     ServerProcess,
     free_port,
+    processes,
     reachable,
     server_command,
 )
@@ -94,7 +95,7 @@ class CommandServer(ServerProcess):
             self.start(argv, dict(os.environ), in_a_session_of_its_own(open_files))
         self.spins = False  # once it did not go back to sleep in time, that is not waited for
         self.host, self.port = self.find(port, port_given="{port}" in command)
-        self.group = processes(self.pid)  # the shell and the server, to see when they sleep
+        self.group = [p.pid for p in processes(self)]  # the shell and the server: asleep?
 
     def find(self, port: int, port_given: bool) -> tuple[str, int]:
         """Wait (bounded: WAIT) for a 'listening on HOST:PORT' line, or for {port} to listen;
@@ -277,14 +278,6 @@ def listening_host(port: int) -> str | None:
         with contextlib.suppress(OSError), socket.create_connection((host, port), 0.1):
             return host
     return None
-
-
-def processes(pid: int) -> list[int]:
-    """A process and all it has started (the shell that runs a command, and the server)."""
-    with contextlib.suppress(psutil.Error):  # it has exited
-        process = psutil.Process(pid)
-        return [pid, *(child.pid for child in process.children(recursive=True))]
-    return []
 
 
 def is_running(pid: int) -> bool:

@@ -467,6 +467,15 @@ def peak_memory_mb(pid: int) -> float:
     return float(getattr(info, "peak_wset", info.rss)) / (1 << 20)
 
 
+def processes(server: ServerProcess) -> list[psutil.Process]:
+    """The server's process and every process it started (a command may run through a
+    shell, which starts the server as a child); [] once it has exited."""
+    with contextlib.suppress(psutil.Error):
+        top = psutil.Process(server.pid)
+        return [top, *top.children(recursive=True)]
+    return []
+
+
 @contextlib.contextmanager
 def frozen(pid: int) -> Iterator[None]:
     """The process stopped (SIGSTOP; on Windows, its threads suspended) until the block

@@ -1235,34 +1235,50 @@ def test_a_client_refused_tcp_nodelay_is_served_all_the_same(start_server: Start
     server.stop()
 
 
-def readme_client(port: int) -> list[str]:
-    """The Python client that README.md shows (the `python -c` block), aimed at port."""
+def readme_client(port: int, folder: Path) -> list[str]:
+    """The one-line client that README.md shows (`python -c "import socket ..."`), aimed
+    at port, run as pasted into a shell: sh, or on Windows cmd.exe (from a .cmd file)."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    match = re.search(r'^python -c "\n(.*?)^"$', readme, re.M | re.S)
-    assert match is not None, "README.md shows no python -c client"
-    return [sys.executable, "-c", match[1].replace("8000", str(port))]
+    match = re.search(r'^python (-c "import socket.*")$', readme, re.M)
+    assert match is not None, "README.md shows no one-line python -c client"
+    line = f"{subprocess.list2cmdline([sys.executable])} {match[1].replace('8000', str(port))}"
+    if sys.platform != "win32":
+        return ["/bin/sh", "-c", line]
+    script = folder / "client.cmd"
+    script.write_text(f"@echo off\r\n{line}\r\n", encoding="utf-8")
+    return ["cmd", "/d", "/c", str(script)]
 
 
 def test_readme_client_sends_piped_input_and_prints_until_the_server_closes(
-    start_server: StartServer,
+    start_server: StartServer, tmp_path: Path
 ) -> None:
     """Like `nc -N`: it sends what is piped in, half-closes, and prints what arrives."""
     server = start_server("ack")
-    command = readme_client(server.port)
+    command = readme_client(server.port, tmp_path)
     result = subprocess.run(command, input="hello\n", capture_output=True, text=True, timeout=WAIT)
     assert (result.returncode, result.stdout, result.stderr) == (0, "b'ACK'\n", "")
     server.stop()
 
 
-def test_readme_client_outlives_the_server_without_a_traceback(start_server: StartServer) -> None:
+def test_readme_client_outlives_the_server_without_a_traceback(
+    start_server: StartServer, tmp_path: Path
+) -> None:
     server = start_server("ack")
     pipes = {name: subprocess.PIPE for name in ("stdin", "stdout", "stderr")}
-    with popen(readme_client(server.port), **pipes) as client:
+    with popen(readme_client(server.port, tmp_path), **pipes) as client:
         server.expect_line("connected")
         server.stop()
         out, err = client.communicate("anyone there?\n", timeout=WAIT)
     assert client.returncode == 0, err
     assert "Traceback" not in out + err, out + err
+
+
+def test_readme_client_says_in_one_line_that_no_server_answered(tmp_path: Path) -> None:
+    command = readme_client(free_port(), tmp_path)
+    result = subprocess.run(command, input="", capture_output=True, text=True, timeout=WAIT)
+    assert result.returncode == 1, result
+    assert (result.stdout.count("\n"), result.stderr) == (1, ""), result
+    assert re.match(r"\[(Errno|WinError) \d+\] ", result.stdout), result.stdout
 
 
 # ---------------------------------------------------------------- Windows, under Wine
@@ -1687,3 +1703,46 @@ def test_check_says_which_hostile_cases_it_cannot_run(monkeypatch: pytest.Monkey
         "open 1,100 sockets",
         "0 passed, 0 failed",
     ]
+
+
+# ---------------------------------------------------------------- the README's core, checked
+
+
+CORE = re.compile(r"^```python\n(?P<code>(?:(?!^```).)*?^class Server\b.*?)^```$", re.M | re.S)
+
+
+@pytest.fixture
+def readme_core(tmp_path: Path) -> str:
+    """make check's command line for the README's core listing (its python block that
+    holds class Server), taken from README.md into a file."""
+    match = CORE.search((ROOT / "README.md").read_text(encoding="utf-8"))
+    assert match is not None, "README.md shows no core (a python block with class Server)"
+    core = tmp_path / "core.py"
+    core.write_text(match["code"], encoding="utf-8")
+    return f"{shlex.join([sys.executable, str(core)])} {{mode}} --port {{port}}"
+
+
+def test_readme_core_passes_every_transcript_and_the_generated_sessions(readme_core: str) -> None:
+    """The core the README shows, as make check runs it: every transcript and the 20
+    generated sessions, judged on the wire."""
+    report: list[str] = []
+    everything = check.check(
+        [(readme_core, ("ack", "broadcast"))], check.GENERATED, report.append, []
+    )
+    assert everything == 0 and report[-1].endswith(" passed, 0 failed"), "\n".join(report)
+
+
+@pytest.mark.linux_only(SIZED_FOR_LINUX)
+def test_readme_core_fails_the_hostile_cases_the_readme_says_it_fails(readme_core: str) -> None:
+    """What the README says the core leaves out, make check finds: the cases the README
+    names (`it fails NAME`) fail, and every other case that is not timed passes."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    said = set(re.findall(r"it\s+fails `([a-z-]+)`", readme))
+    assert said, "README.md names no case that its core fails"
+    cases = [case for case in CASES if not case.timed or case.name in said]
+    report: list[str] = []
+    check.check([(readme_core, ("ack", "broadcast"))], 0, report.append, cases, False)
+    lines = re.findall(r"^(pass|FAIL)  ([a-z-]+) ", "\n".join(report), re.M)
+    verdicts = {name: verdict for verdict, name in lines}
+    assert set(verdicts) == {case.name for case in cases}, "\n".join(report)
+    assert {name for name, verdict in verdicts.items() if verdict == "FAIL"} == said, report

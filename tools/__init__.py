@@ -9,8 +9,11 @@
     check.py       `make check`: any server, judged on the wire (a program: --help)
     readme.py      whether the READMEs and docs/ are true
     bench.py       `make bench`: this server beside others, measured (a program: --help)
+    windows_requirements.py  the lines of requirements-dev.txt for a Windows CPython
+                   (a script that `make test-windows` runs)
 
 Dependencies point one way: the tests use these; these use the server (select_server.py),
-never the tests; and each module here only those listed above it (changes.py and bench.py
-need nothing of the others, so a changed server or a benchmark starts fast).
+never the tests; and each module here only those listed above it (changes.py, bench.py and
+windows_requirements.py need nothing of the others, so a changed server or a benchmark
+starts fast).
 """

@@ -298,10 +298,10 @@ def main(argv: list[str]) -> int:
         return 0
     if argv[:1] == ["--table"]:
         return table()
-    if len(argv) < 2 or argv[0].startswith("-"):
+    if not argv or argv[0].startswith("-"):
         print(__doc__)
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
-    return run_changed_server(argv[0], argv[1:])
+    return run_changed_server(argv[0], argv[1:])  # no MODE: the server's usage message
 
 
 if __name__ == "__main__":

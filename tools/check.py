@@ -40,7 +40,6 @@ from hypothesis.errors import Flaky
 
 from tools.harness import (
     LISTENING,
-    QUIET,
     WAIT,
     ServerProcess,
     free_port,
@@ -61,6 +60,7 @@ from tools.transcript import (
 
 CHECK_WAIT = 2.0  # seconds: the most one expectation waits when checking another server
 STOP_WAIT = 1.0  # seconds another server has to exit on SIGINT before it is killed
+SETTLE_PAUSE = 0.1  # seconds given to a server to take in what came, where none can ask
 STILL_RUNNING = "gone back to sleep (does its loop spin?)"
 
 
@@ -133,7 +133,7 @@ class CommandServer(ServerProcess):
         on these ports did and gone back to sleep (Linux; elsewhere, a pause); return what it
         has still not done, or ""."""
         if not sys.platform.startswith("linux"):
-            time.sleep(QUIET)  # nothing to ask, only time to give
+            time.sleep(SETTLE_PAUSE)  # nothing to ask, only time to give
             return ""
         deadline = time.monotonic() + wait
         while self.child.proc.poll() is None:  # once it has exited, the next step says so
@@ -497,11 +497,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def command_line(words: Sequence[str]) -> str:
+    """words quoted for the shell that runs a server's command: cmd.exe on Windows, sh
+    elsewhere, as CommandServer starts it."""
+    join = subprocess.list2cmdline if sys.platform == "win32" else shlex.join
+    return join(words)
+
+
 def our_command(changes: Sequence[str] = ()) -> str:
     """The command line that make check takes to run our server, changed by changes (see
     changes.py), run from the repository as make check is."""
-    join = subprocess.list2cmdline if sys.platform == "win32" else shlex.join
-    return join(server_command(changes=changes)) + " {mode} --port {port}"
+    return command_line(server_command(changes=changes)) + " {mode} --port {port}"
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ TRANSCRIPTS = ROOT / "transcripts"
 
 WAIT = 5.0  # seconds: the most any single expectation waits before it fails
 START_WAIT = 10.0  # seconds: the most a server takes to say it listens (a loaded machine)
-QUIET = 0.1  # seconds of silence that show nothing more is coming
+QUIET = 0.05  # seconds of silence that show nothing more is coming (on loopback)
 
 LISTENING = re.compile(r"listening on (?:\[(?P<v6>[^\]]+)\]|(?P<v4>[^\s:]+)):(?P<port>\d+)")
 

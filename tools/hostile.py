@@ -201,12 +201,12 @@ def plural(count: int, thing: str) -> str:
 # ---------------------------------------------------------------- pitfall 5: a stalled reader
 
 
-def chat_until(room: ChatRoom, seconds: float, watch: Callable[[float], None]) -> None:
-    """Send a chat message every CHAT_PACE s for seconds, calling watch(elapsed) between."""
+def chat_until(room: ChatRoom, seconds: float, watch: Callable[[], None]) -> None:
+    """Send a chat message every CHAT_PACE s for seconds, calling watch() between."""
     started = time.monotonic()
-    while (elapsed := time.monotonic() - started) < seconds:
+    while time.monotonic() - started < seconds:
         room.chat()
-        watch(elapsed)
+        watch()
         time.sleep(CHAT_PACE)  # the chat's pace
 
 
@@ -241,7 +241,7 @@ def stalled_reader(start: StartServer, mode: str) -> str:
     must arrive within CHAT_BOUND. A server whose send() blocks waits for the one that
     does not read, and every other client waits with it."""
     with start(mode) as server, ChatRoom(server, 0) as room:
-        chat_until(room, CHAT_SECONDS, lambda elapsed: None)
+        chat_until(room, CHAT_SECONDS, lambda: None)
         delays, late = chat_delays(room, CHAT_BOUND)
         assert_alive(server, "while one client did not read")
     while_ = "while one client read nothing and another flooded, of the chat between two others"
@@ -602,19 +602,21 @@ def lower_file_limits(group: list[psutil.Process]) -> None:
 
 def slow_reader(start: StartServer, mode: str) -> str:
     """A client reads SLOW_RATE bytes/s while another floods and two others chat: whether
-    the server drops it (and after how long), or keeps it and makes the room wait, is its
-    own policy, said as a fact. It fails only if the server dies, if a chat message is
-    lost (no policy), or if the room freezes: no chat message comes within CHAT_BOUND s of
-    the last, and the slow reader, if kept, receives nothing meanwhile either."""
+    the server drops it (and how long after the flood began), or keeps it and makes the
+    room wait, is its own policy, said as a fact. It fails only if the server dies, if a
+    chat message is lost (no policy), or if the room freezes: no chat message comes within
+    CHAT_BOUND s of the last, and the slow reader, if kept, receives nothing meanwhile
+    either."""
     with start(mode) as server, ChatRoom(server, SLOW_RATE) as room:
         group = processes(server)
         dropped_after: list[float] = []
 
-        def look(elapsed: float) -> None:  # the kernel's table, at every other message
+        def look() -> None:  # the kernel's table, at every other message
             if dropped_after or len(room.sent_at) % 2:
                 return
-            if server_closed(group, room.reader.port):
-                dropped_after.append(elapsed)
+            if server_closed(group, room.reader.port):  # counted from the flood's start,
+                # before which no server owed the reader anything, so no clock of its ran
+                dropped_after.append(time.monotonic() - room.flood_began)
 
         chat_until(room, SLOW_SECONDS, look)
         read_before = room.read.count

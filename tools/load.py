@@ -135,6 +135,7 @@ class ChatRoom:
         self.heard = Reader(chat_to.sock, self.stop)
         self.readers = [self.read, self.heard, Reader(self.chat_from.sock, self.stop)]
         self.sent_at: list[float] = []  # when each message was sent
+        self.flood_began = time.monotonic()
         self.flood = Flood(flooder.sock, b".")
 
     def chat(self) -> None:

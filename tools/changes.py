@@ -26,7 +26,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
-from unittest import mock
 
 import select_server
 from select_server import Client, Server
@@ -53,8 +52,24 @@ def changed(names: Sequence[str]) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         for name in names:
             for target, attribute, new in CHANGES[name].replacements:
-                stack.enter_context(mock.patch.object(target, attribute, new))
+                stack.enter_context(replaced(target, attribute, new))
         yield
+
+
+@contextlib.contextmanager
+def replaced(target: object, attribute: str, new: object) -> Iterator[None]:
+    """target.attribute is new until the end; then what it was, or inherited again (as
+    unittest.mock.patch.object does, without the 30 ms that importing it costs a server)."""
+    own = vars(target)
+    was, had = own.get(attribute), attribute in own
+    setattr(target, attribute, new)
+    try:
+        yield
+    finally:
+        if had:
+            setattr(target, attribute, was)
+        else:
+            delattr(target, attribute)
 
 
 # ---------------------------------------------------------------- the machine around it

@@ -248,8 +248,7 @@ class Server:
     def serve(self) -> str:
         """Run the select() loop until a stop signal arrives; return its name."""
         # Each round: 1. accept new clients, 2. read what clients sent, 3. answer or
-        # relay it, and write what clients are owed, 4. drop the ones that are done or
-        # too slow.
+        # relay it, and write what clients are owed, 4. drop the ones that are too slow.
         inputs, outputs = self.inputs, self.outputs  # the very lists, changed in place
         while True:
             # Sleep until a socket in inputs is readable or one in outputs is writable.
@@ -410,15 +409,17 @@ class Server:
         if not chunks:
             return
         joined = b"".join(data for _, data in chunks)  # of one chunk: that very object
-        view, end, own_chunk_at = memoryview(joined), 0, {}
+        view = memoryview(joined)
+        own_chunk_at = {}  # sender: where its own chunk starts and stops in joined
+        start = 0
         for sender, data in chunks:
-            end += len(data)
-            own_chunk_at[sender] = (end - len(data), end)
-        for client in list(self.clients.values()):
+            own_chunk_at[sender] = (start, start + len(data))
+            start += len(data)
+        for client in list(self.clients.values()):  # a copy: a failed send drops one
             if client in own_chunk_at:
-                start, end = own_chunk_at[client]
+                start, stop = own_chunk_at[client]
                 self.owe(client, view[:start])
-                self.owe(client, view[end:])
+                self.owe(client, view[stop:])
             else:
                 self.owe(client, joined)
 
@@ -541,16 +542,19 @@ class Server:
 
     def hold_back_senders(self) -> None:
         """Rule 3: set what the next round may read, and pause (take out of inputs) the
-        senders whose bytes would go to a client owed B or more."""
+        senders whose bytes would go to a client owed B or more; in ack mode, each
+        sender that is still owed ACKs."""
         limit = self.settings.max_buffer  # B
-        if self.settings.mode == "ack":  # its bytes earn ACKs for itself alone: not
-            self.pause([c for c in self.owed_clients() if c.reading])  # while one waits
+        if self.settings.mode == "ack":
+            # A sender's bytes earn ACKs for itself alone: not read while it waits.
+            self.pause([c for c in self.owed_clients() if c.reading])
             return
         # broadcast: every client feeds every other, so a round may read only as much as
         # the client owed most can still take. One that hung up gets nothing new.
         owed = [(c.owed, c.fd) for c in self.owed_clients() if c.reading]
-        # The two owed most (padded: with one such client or none, the rest count as 0).
-        (most, fullest), (second, _) = heapq.nlargest(2, [*owed, (0, -1), (0, -1)])
+        two = heapq.nlargest(2, owed)  # the two owed most, if there are two
+        most, fullest = two[0] if two else (0, -1)
+        second = two[1][0] if len(two) == 2 else 0
         if most < limit:
             self.allowance = limit - most
             self.pause([])
@@ -572,7 +576,7 @@ class Server:
         back = [c.fd for c in self.paused if c.fd not in held and self.still_reading(c)]
         self.inputs[:] = [fd for fd in self.inputs if fd not in held] + back
         self.paused = senders
-        if self.next_turn in self.inputs:  # it was paused: its turn comes first still
+        if self.next_turn in self.inputs:  # inputs is rebuilt: keep whose turn is next
             self.begin_next_round_at(self.next_turn)
 
     def senders(self) -> list[Client]:

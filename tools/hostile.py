@@ -42,8 +42,8 @@ from tools.load import ChatRoom, Flood, Plan, introduce, what_is_wrong
 CHAT_SECONDS = 1.0  # a chat message every CHAT_PACE s for this long, while the room floods
 CHAT_PACE = 0.05
 # The most a chat message may take. A server may hold the room while it decides to give up
-# a client that stopped reading (this repository's does, for its 2 s grace: rule 3), but
-# a chat that waits longer than this has, to the people in it, stopped.
+# a client that stopped reading (this repository's holds it, rule 3, until its 2 s grace
+# runs out, rule 4), but a chat that waits longer than this has, to its people, stopped.
 CHAT_BOUND = 3.0
 SLOW_RATE = 64 * 1024  # bytes/s: a quarter of the slowest reader this repository keeps
 SLOW_SECONDS = 3.0  # the slow reader's room chats this long: past this repository's grace
@@ -677,7 +677,6 @@ CASES = [
     Case("slow-reader", "rule 4", ("broadcast",), slow_reader, timed=True),
     Case("clean-stop", "pitfall 11", ("ack", "broadcast"), clean_stop),
 ]
-CASE_NAMES = [case.name for case in CASES]
 
 
 def run_case(case: Case, start: StartServer, mode: str) -> tuple[bool | None, str]:

@@ -43,6 +43,8 @@ from tools.harness import (
     WAIT,
     ServerProcess,
     free_port,
+    last_line,
+    nofile_limit,
     processes,
     reachable,
     server_command,
@@ -124,9 +126,7 @@ class CommandServer(ServerProcess):
     def not_started(self, why: str) -> StartError:
         """Kill the server; the error says why it did not start, and its last line."""
         self.kill()
-        lines = [line for line in self.output.getvalue().splitlines() if line.strip()]
-        last = f"its last line: {lines[-1]!r}" if lines else "it printed nothing"
-        return StartError(f"{why}; {last}")
+        return StartError(f"{why}; {last_line(self)}")
 
     def wait_until_settled(self, client_ports: list[int], wait: float) -> str:
         """Wait (bounded) until the kernel shows that the server has taken in what the clients
@@ -201,12 +201,7 @@ def in_a_session_of_its_own(open_files: int | None) -> Callable[[], None]:
     as a terminal gives it (a check run in the background, `make check &`, has it ignored,
     and an ignored signal stays ignored across exec: the server would never see it), and,
     if given, with a file descriptor limit of open_files (Linux and macOS)."""
-    set_limit: Callable[[], None] | None = None
-    if open_files is not None:
-        import resource  # Linux and macOS only
-
-        limit = (open_files, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
-        set_limit = functools.partial(resource.setrlimit, resource.RLIMIT_NOFILE, limit)
+    set_limit = None if open_files is None else nofile_limit(open_files)
 
     def start_session() -> None:  # in the child, before it runs the command: nothing to import
         os.setsid()

@@ -427,10 +427,23 @@ def popen(command: list[str], **options: Any) -> Iterator[subprocess.Popen[str]]
 
 def wait_for(condition: Callable[[], bool], what: str) -> None:
     """Wait (bounded) until condition() holds."""
-    deadline = time.monotonic() + WAIT
+    assert wait_until(condition, WAIT), f"waited {WAIT} s for {what}"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
+    """Wait (bounded) until condition() holds; return whether it did."""
+    deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, f"waited {WAIT} s for {what}"
-        time.sleep(0.01)  # polling state in this process; the deadline bounds it
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)  # polling state that this process, or psutil, gathers
+    return True
+
+
+def last_line(server: ServerProcess) -> str:
+    """The last line that the server has printed, as a report says it."""
+    lines = [line for line in server.output.getvalue().splitlines() if line.strip()]
+    return f"its last line: {lines[-1][:200]!r}" if lines else "it printed nothing"
 
 
 # What a process does is asked of psutil, which knows how each OS tells it.

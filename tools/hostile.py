@@ -34,7 +34,17 @@ from typing import Callable, Iterator
 import pexpect
 import psutil
 
-from tools.harness import QUIET, WAIT, Client, ServerProcess, StartServer, can_open, processes
+from tools.harness import (
+    QUIET,
+    WAIT,
+    Client,
+    ServerProcess,
+    StartServer,
+    can_open,
+    last_line,
+    processes,
+    wait_until,
+)
 from tools.load import ChatRoom, Flood, Plan, introduce, what_is_wrong
 
 # ---------------------------------------------------------------- the sizes, and why
@@ -169,8 +179,7 @@ def last_words(server: ServerProcess) -> str:
     """The last line the server printed, once it has exited (bounded: QUIET)."""
     with contextlib.suppress(pexpect.TIMEOUT, pexpect.EOF):
         server.child.expect(pexpect.EOF, timeout=QUIET)
-    lines = [line for line in server.output.getvalue().splitlines() if line.strip()]
-    return f"its last line: {lines[-1][:200]!r}" if lines else "it printed nothing"
+    return last_line(server)
 
 
 def assert_alive(server: ServerProcess, when: str) -> None:
@@ -181,16 +190,6 @@ def assert_alive(server: ServerProcess, when: str) -> None:
     report = exit_report(server)
     if report is not None:
         raise Failed(f"{when}, {report}")
-
-
-def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    """Wait (bounded) until condition() holds; return whether it did."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)  # polling what threads of this process gather
-    return True
 
 
 def plural(count: int, thing: str) -> str:

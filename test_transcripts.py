@@ -1664,17 +1664,6 @@ def test_each_hostile_case_passes_our_own_server(case: Case) -> None:
         assert dropped and float(dropped[1]) >= Settings("broadcast").grace, report[1]
 
 
-def assert_each_fails(pairs: list[tuple[str, Case]], threads: int) -> None:
-    """Each (broken server, case) pair fails, in one line that names the case, and its
-    report counts it, with as many run at once as threads."""
-    with ThreadPoolExecutor(threads) as pool:
-        reports = [pool.submit(checked_by_case, case, [name]) for name, case in pairs]
-    for (name, case), report in zip(pairs, reports):
-        lines = report.result()
-        assert lines[1].startswith(f"FAIL  {case.name} ({case.shows}): "), (name, lines)
-        assert lines[-1] == "0 passed, 1 failed", (name, lines)
-
-
 @pytest.mark.linux_only(SIZED_FOR_LINUX)
 def test_check_fails_each_broken_server_on_the_hostile_cases_that_show_it() -> None:
     """Each broken server fails each hostile case its Change names (it dies, spins, grows
@@ -1683,7 +1672,12 @@ def test_check_fails_each_broken_server_on_the_hostile_cases_that_show_it() -> N
     assert SHOWN_BY_CASES, "no broken server names a hostile case"
     timed = [f"{name}: {case.name}" for name, case in SHOWN_BY_CASES if case.timed]
     assert not timed, f"a timed case would run here beside others: {timed}"
-    assert_each_fails(SHOWN_BY_CASES, len(SHOWN_BY_CASES))
+    with ThreadPoolExecutor(len(SHOWN_BY_CASES)) as pool:
+        reports = [pool.submit(checked_by_case, case, [name]) for name, case in SHOWN_BY_CASES]
+    for (name, case), report in zip(SHOWN_BY_CASES, reports):
+        lines = report.result()
+        assert lines[1].startswith(f"FAIL  {case.name} ({case.shows}): "), (name, lines)
+        assert lines[-1] == "0 passed, 1 failed", (name, lines)
 
 
 @pytest.mark.linux_only(SIZED_FOR_LINUX)
